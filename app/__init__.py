@@ -1,0 +1,1 @@
+"""Subnetscope service: settings, API, store, job submission and the CLI."""

@@ -1,0 +1,1 @@
+"""Subcommands of the `subnetscope` CLI, grouped by what they need to run."""

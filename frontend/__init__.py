@@ -1,0 +1,1 @@
+"""Dash dashboard served by the FastAPI app at `/`."""
