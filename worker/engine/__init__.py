@@ -1,0 +1,31 @@
+"""The diff engine: plain Python + torch. Imports nothing of Redis, HTTP or Dash."""
+
+from worker.engine.analysis import ENGINE_VERSION, AnalysisOptions, Progress, analyze, build_result
+from worker.engine.demo import write_demo
+from worker.engine.errors import EngineError
+from worker.engine.kernel import CURVE_TOLERANCES, EXACT_TOLERANCES, tolerance_key
+from worker.engine.masks import load_masks
+from worker.engine.overlap import overlap
+from worker.engine.pairing import check_compatible
+from worker.engine.sources import Piece, Source, SourceSpec, open_source, parse_source
+
+__all__ = [
+    "CURVE_TOLERANCES",
+    "ENGINE_VERSION",
+    "EXACT_TOLERANCES",
+    "AnalysisOptions",
+    "EngineError",
+    "Piece",
+    "Progress",
+    "Source",
+    "SourceSpec",
+    "analyze",
+    "build_result",
+    "check_compatible",
+    "load_masks",
+    "open_source",
+    "overlap",
+    "parse_source",
+    "tolerance_key",
+    "write_demo",
+]

@@ -1,0 +1,248 @@
+"""One streaming pass over a checkpoint pair: pieces in, per-tensor records and a result out.
+
+Memory is bounded by the pieces in flight (the sources' prefetch budget), never
+by the model size; the only exception is update rank, which needs one whole
+matrix at a time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from worker.engine import masks as mask_files
+from worker.engine.kernel import CURVE_TOLERANCES, EXACT_TOLERANCES, ULP_BUCKETS, Kernel, tolerance_key
+from worker.engine.naming import layer_of, module_of
+from worker.engine.pairing import Pair, check_compatible, pair_tensors
+from worker.engine.reference import reference_for
+from worker.engine.sources import Piece, Source
+
+ENGINE_VERSION = "0.1.0"
+SCHEMA = 1
+# Elements per piece: big enough to amortise per-op overhead, small enough to stay in cache.
+PIECE_ELEMENTS = 1 << 19
+
+
+@dataclass
+class AnalysisOptions:
+    tolerance: float = 1e-5  # the chosen t: masks, coverage, default view
+    rank: Literal["off", "sampled", "all"] = "off"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class Progress:
+    tensors_done: int
+    tensors_total: int
+    bytes_done: int
+    bytes_total: int
+    current: str | None
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def ulp_labels() -> list[str]:
+    labels = ["1", "2"]
+    for k in range(2, ULP_BUCKETS):
+        lo, hi = (1 << (k - 1)) + 1, 1 << k
+        labels.append(f"{lo}-{hi}")
+    return labels
+
+
+def rank_layers(pairs: list[Pair]) -> set[int]:
+    """Layers whose matrices get a rank in "sampled" mode: first, middle and last."""
+    layers = sorted({l for p in pairs if (l := layer_of(p.name)) is not None})
+    if not layers:
+        return set()
+    return {layers[0], layers[len(layers) // 2], layers[-1]}
+
+
+def plan_pieces(pair: Pair) -> list[Piece]:
+    """Element ranges of the compared part; whole rows for matrices (row coverage needs them)."""
+    n = pair.numel
+    if n == 0:
+        return [Piece(pair.name, 0, 0)]
+    step = PIECE_ELEMENTS
+    if len(pair.shape) == 2 and pair.shape[1]:
+        cols = pair.shape[1]
+        step = max(1, PIECE_ELEMENTS // cols) * cols
+    return [Piece(pair.name, s, min(s + step, n)) for s in range(0, n, step)]
+
+
+def analyze(
+    base: Source,
+    tuned: Source,
+    options: AnalysisOptions,
+    *,
+    masks_dir: Path | None = None,
+    resume: Mapping[str, dict] | None = None,
+    on_tensor: Callable[[dict], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> dict:
+    started = time.perf_counter()
+    check_compatible(base, tuned)
+    pairing = pair_tensors(base, tuned)
+    device = pick_device(options.device)
+    kernel = Kernel(list(EXACT_TOLERANCES), options.tolerance, device)
+    sampled = rank_layers(pairing.pairs)
+    resume = dict(resume or {})
+    parts = masks_dir / "parts" if masks_dir else None
+
+    def reusable(p: Pair) -> bool:
+        if p.name not in resume:
+            return False
+        return parts is None or mask_files.part_is_complete(parts, p.name, p.numel)
+
+    todo = [p for p in pairing.pairs if not reusable(p)]
+    records: dict[str, dict] = {p.name: resume[p.name] for p in pairing.pairs if reusable(p)}
+    pair_bytes = lambda p: p.numel * (p.base.itemsize + p.tuned.itemsize)  # noqa: E731
+    progress = Progress(len(records), len(pairing.pairs), sum(pair_bytes(p) for p in pairing.pairs if p.name in records),
+                        sum(pair_bytes(p) for p in pairing.pairs), None)
+    if on_progress:
+        on_progress(progress)
+
+    by_name = {p.name: p for p in todo}
+    pieces = [piece for p in todo for piece in plan_pieces(p)]
+    remaining = {p.name: len(plan_pieces(p)) for p in todo}
+    state: dict = {"acc": None, "mask": None}
+    for (piece, b), (_, t) in zip(base.iter_pieces(pieces), tuned.iter_pieces(pieces)):
+        pair = by_name[piece.name]
+        if state["acc"] is None:
+            want_rank = len(pair.shape) == 2 and (
+                options.rank == "all" or (options.rank == "sampled" and layer_of(pair.name) in sampled)
+            )
+            state["acc"] = kernel.start(pair.name, pair.shape, pair.compare_dtype, want_rank)
+            state["mask"] = mask_files.MaskPart(parts, pair.name) if parts else None
+            progress.current = pair.name
+        changed = kernel.update(state["acc"], b, t)
+        if state["mask"] is not None:
+            state["mask"].add(changed)
+        progress.bytes_done += (piece.stop - piece.start) * (pair.base.itemsize + pair.tuned.itemsize)
+        remaining[piece.name] -= 1
+        if remaining[piece.name] == 0:
+            record = _record(pair, kernel.finish(state["acc"]))
+            if state["mask"] is not None:
+                state["mask"].close()
+            records[pair.name] = record
+            state["acc"] = state["mask"] = None
+            progress.tensors_done += 1
+            if on_tensor:
+                on_tensor(record)
+        if on_progress:
+            on_progress(progress)
+
+    ordered = [records[p.name] for p in pairing.pairs]
+    result = build_result(base, tuned, options, ordered, pairing.unmatched, pairing.warnings)
+    result["summary"].update(
+        bytes_read=progress.bytes_total, seconds=round(time.perf_counter() - started, 3), device=device.type
+    )
+    if masks_dir is not None:
+        mask_files.assemble(
+            masks_dir,
+            {p.name: list(p.shape) for p in pairing.pairs},
+            {"tolerance": tolerance_key(options.tolerance), "base_sha": base.sha, "tuned_sha": tuned.sha},
+        )
+    return result
+
+
+def _record(pair: Pair, stats: dict) -> dict:
+    return {
+        "name": pair.name,
+        "shape": list(pair.shape),
+        "dtype": str(pair.base.torch_dtype).removeprefix("torch."),
+        "tuned_dtype": str(pair.tuned.torch_dtype).removeprefix("torch."),
+        "compare_dtype": str(pair.compare_dtype).removeprefix("torch."),
+        "layer": layer_of(pair.name),
+        "module": module_of(pair.name),
+        "added": pair.added,
+        **{k: v for k, v in stats.items() if k != "name"},
+    }
+
+
+def _sparsity(numel: int, changed: Mapping[str, int]) -> dict[str, float]:
+    return {k: (1.0 - c / numel) if numel else 1.0 for k, c in changed.items()}
+
+
+def _group(records: list[dict], key: str) -> list[dict]:
+    groups: dict = {}
+    for r in records:
+        g = groups.setdefault(r[key], {key: r[key], "numel": 0, "tensors": 0, "changed": {}, "curve_changed": None})
+        g["numel"] += r["numel"]
+        g["tensors"] += 1
+        for t, c in r["changed"].items():
+            g["changed"][t] = g["changed"].get(t, 0) + c
+        curve = r["curve_changed"]
+        g["curve_changed"] = curve[:] if g["curve_changed"] is None else [a + b for a, b in zip(g["curve_changed"], curve)]
+    out = list(groups.values())
+    for g in out:
+        g["sparsity"] = _sparsity(g["numel"], g["changed"])
+    if key == "layer":
+        out.sort(key=lambda g: (g["layer"] is None, g["layer"] if g["layer"] is not None else 0))
+    return out
+
+
+def build_result(base: Source, tuned: Source, options: AnalysisOptions, records: list[dict],
+                 unmatched: dict, warnings: list[str]) -> dict:
+    """The schema-1 result from per-tensor records (also used to rebuild a resumed run)."""
+    numel = sum(r["numel"] for r in records)
+    keys = list(records[0]["changed"]) if records else [tolerance_key(t) for t in EXACT_TOLERANCES]
+    changed = {k: sum(r["changed"][k] for r in records) for k in keys}
+    curve = [sum(col) for col in zip(*(r["curve_changed"] for r in records))] if records else [0] * len(CURVE_TOLERANCES)
+    ulp = [sum(col) for col in zip(*(r["ulp"] for r in records))] if records else [0] * ULP_BUCKETS
+    delta_sq = sum(r["delta_fro"] ** 2 for r in records)
+    base_sq = sum(r["base_fro"] ** 2 for r in records)
+    ranked = [r for r in records if r["rank_ratio"] is not None]
+    nan = sum(r["nan"] for r in records)
+    changed_exact = changed[tolerance_key(0.0)] - nan
+    summary = {
+        "numel": numel,
+        "changed": changed,
+        "sparsity": _sparsity(numel, changed),
+        "curve_changed": curve,
+        "nan": nan,
+        "added": sum(r["added"] for r in records),
+        "tensors": len(records),
+        "delta_fro": math.sqrt(delta_sq),
+        "base_fro": math.sqrt(base_sq),
+        "ratio": math.sqrt(delta_sq / base_sq) if base_sq else None,
+        "max_abs_delta": max((r["max_abs_delta"] for r in records), default=0.0),
+        "ulp": {"buckets": ulp_labels(), "counts": ulp, "one_step_share": ulp[0] / changed_exact if changed_exact else None},
+        "rank": {
+            "mode": options.rank,
+            "matrices": len(ranked),
+            "mean": sum(r["rank_ratio"] for r in ranked) / len(ranked) if ranked else None,
+            "weighted_mean": (sum(r["rank_ratio"] * r["numel"] for r in ranked) / sum(r["numel"] for r in ranked))
+            if ranked and sum(r["numel"] for r in ranked) else None,
+        },
+        "dtype_mismatch": bool(unmatched.get("dtype_mismatch")),
+    }
+    return {
+        "schema": SCHEMA,
+        "engine_version": ENGINE_VERSION,
+        "base": base.describe(),
+        "tuned": tuned.describe(),
+        "options": {"tolerance": options.tolerance, "rank": options.rank},
+        "tolerances": list(EXACT_TOLERANCES),
+        "curve_tolerances": CURVE_TOLERANCES,
+        "summary": summary,
+        "tensors": records,
+        "layers": _group(records, "layer"),
+        "modules": _group(records, "module"),
+        "unmatched": unmatched,
+        "warnings": warnings,
+        "reference": reference_for(base.spec.id, tuned.spec.id) if base.spec.kind == tuned.spec.kind == "hub" else None,
+    }
+
+
+def options_dict(options: AnalysisOptions) -> dict:
+    return asdict(options)
