@@ -1,0 +1,218 @@
+"""Every per-tensor number of the engine against the brute-force float64 reference."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from reference import compare_dtype, tensor_stats
+from worker.engine import CURVE_TOLERANCES, EXACT_TOLERANCES, AnalysisOptions, analyze, load_masks, open_source, parse_source
+from worker.engine import analysis as analysis_module
+
+DTYPES = [torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn, torch.float8_e5m2]
+
+
+def realistic_pair(shape, dtype, seed):
+    """Weights at several scales, and updates from one ULP to 1e-2, some exactly at thresholds."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=g) * 0.02
+    tiny = torch.rand(shape, generator=g) < 0.2
+    base = torch.where(tiny, base * 1e-4, base)  # near-zero weights, where t <= 1e-5 matters
+    scales = 10.0 ** torch.randint(-9, -1, shape, generator=g).double()
+    step = torch.randn(shape, generator=g).double() * scales
+    keep = torch.rand(shape, generator=g) < 0.6
+    tuned = torch.where(keep, base.double(), base.double() + step)
+    b, u = base.to(dtype), tuned.to(dtype)
+    if dtype in (torch.bfloat16, torch.float16, torch.float32):
+        ulp = torch.rand(shape, generator=g) < 0.1
+        u = torch.where(ulp, torch.nextafter(b, torch.full_like(b, 1.0)), u)
+    return b, u
+
+
+def write(dir_, state, *, shards: int = 1):
+    dir_.mkdir(parents=True, exist_ok=True)
+    names = list(state)
+    if shards == 1:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(dir_ / "model.safetensors"))
+    else:
+        weight_map = {}
+        for k in range(shards):
+            part = names[k::shards]
+            fname = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+            save_file({n: state[n].contiguous() for n in part}, str(dir_ / fname))
+            weight_map.update({n: fname for n in part})
+        (dir_ / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (dir_ / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    return dir_
+
+
+def run(tmp_path, base_state, tuned_state, *, tolerance=1e-5, rank="off", shards=(1, 1), masks=True):
+    b = open_source(parse_source(str(write(tmp_path / "base", base_state, shards=shards[0])), allow_any_path=True))
+    u = open_source(parse_source(str(write(tmp_path / "tuned", tuned_state, shards=shards[1])), allow_any_path=True))
+    masks_dir = tmp_path / "masks" if masks else None
+    with b, u:
+        return analyze(b, u, AnalysisOptions(tolerance=tolerance, rank=rank, device="cpu"), masks_dir=masks_dir)
+
+
+def assert_matches(record, ref, tolerances):
+    for t in tolerances:
+        key = repr(float(t))
+        assert record["changed"][key] == ref["changed"][key], (record["name"], key)
+    assert record["numel"] == ref["numel"]
+    assert record["nan"] == ref["nan"]
+    assert record["ulp"] == ref["ulp"], record["name"]
+    assert record["delta_fro"] == pytest.approx(ref["delta_fro"], rel=1e-5, abs=1e-30)
+    assert record["base_fro"] == pytest.approx(ref["base_fro"], rel=1e-5, abs=1e-30)
+    assert record["max_abs_delta"] == pytest.approx(ref["max_abs_delta"], rel=1e-6, abs=1e-30)
+    if "row_coverage" in ref:
+        assert record["row_coverage"] == pytest.approx(ref["row_coverage"])
+        assert record["col_coverage"] == pytest.approx(ref["col_coverage"])
+
+
+@pytest.fixture
+def small_pieces(monkeypatch):
+    """Force many pieces per tensor, with rows that are not multiples of 8 elements."""
+    monkeypatch.setattr(analysis_module, "PIECE_ELEMENTS", 300)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+def test_every_number_matches_the_float64_reference(tmp_path, small_pieces, dtype):
+    shapes = {
+        "model.layers.0.self_attn.q_proj.weight": (37, 29),
+        "model.layers.1.mlp.down_proj.weight": (16, 61),
+        "model.layers.0.input_layernorm.weight": (53,),
+        "model.norm.weight": (7,),
+    }
+    base, tuned = {}, {}
+    for i, (name, shape) in enumerate(shapes.items()):
+        base[name], tuned[name] = realistic_pair(shape, dtype, seed=i)
+    chosen = 3e-5  # not one of the exact tolerances: it must be counted too
+    result = run(tmp_path, base, tuned, tolerance=chosen)
+    tolerances = list(EXACT_TOLERANCES) + [chosen]
+    records = {r["name"]: r for r in result["tensors"]}
+    masks = load_masks(tmp_path / "masks" / "masks.safetensors")
+    for name in shapes:
+        ref = tensor_stats(base[name], tuned[name], tolerances, chosen)
+        assert_matches(records[name], ref, tolerances)
+        assert torch.equal(masks[name], ref["mask"]), name
+        curve = [int((tensor_stats(base[name], tuned[name], [t], chosen)["changed"][repr(t)])) for t in CURVE_TOLERANCES[::23]]
+        assert records[name]["curve_changed"][::23] == curve
+    # changed and unchanged elements both present, so no comparison passes vacuously
+    changed = result["summary"]["changed"]
+    assert 0 < changed["0.001"] <= changed["0.0"] < result["summary"]["numel"]
+    if dtype.itemsize >= 2:  # fp8 steps are too coarse for small tolerances to differ
+        assert changed["0.001"] < changed["1e-05"] < changed["0.0"]
+
+
+def test_whole_curve_is_exact_and_has_eight_points_per_octave(tmp_path):
+    base, tuned = realistic_pair((64, 64), torch.bfloat16, seed=7)
+    result = run(tmp_path, {"w": base}, {"w": tuned}, masks=False)
+    ts = result["curve_tolerances"]
+    assert ts[0] <= 1e-9 and ts[-1] >= 1e-2
+    for lo in ts[: -8]:
+        if lo * 2 <= ts[-1]:
+            assert sum(lo <= t < 2 * lo for t in ts) >= 8, lo
+    ref = [int(tensor_stats(base, tuned, [t], 1e-5)["changed"][repr(t)]) for t in ts]
+    assert result["summary"]["curve_changed"] == ref
+
+
+def test_nan_inf_and_signed_zero(tmp_path):
+    b = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan"), 1.0, 2.0, float("inf")], dtype=torch.bfloat16)
+    u = torch.tensor([-0.0, 0.0, float("inf"), float("-inf"), 1.0, float("nan"), 2.0, float("-inf")], dtype=torch.bfloat16)
+    result = run(tmp_path, {"x": b}, {"x": u}, masks=False)
+    s = result["summary"]
+    assert s["nan"] == 2
+    # NaN on either side (2) and +inf -> -inf (1) are changed at every tolerance; +-0 and equal infinities are not
+    assert all(c == 3 for c in s["changed"].values()), s["changed"]
+
+
+def test_dtype_mismatch_compares_in_the_narrower_dtype(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    b32 = torch.randn(40, 8, generator=g) * 0.02
+    u16 = (b32 + torch.randn(40, 8, generator=g) * 1e-4).to(torch.bfloat16)
+    result = run(tmp_path, {"w": b32}, {"w": u16}, masks=False)
+    rec = result["tensors"][0]
+    assert rec["compare_dtype"] == "bfloat16" and result["summary"]["dtype_mismatch"]
+    ref = tensor_stats(b32.to(torch.bfloat16), u16, EXACT_TOLERANCES, 1e-5)
+    assert rec["changed"] == {k: v for k, v in ref["changed"].items()}
+    assert compare_dtype(torch.float32, torch.bfloat16) == torch.bfloat16
+
+
+def test_vocab_resize_compares_common_rows_and_reports_added(tmp_path, small_pieces):
+    b, u = realistic_pair((50, 12), torch.bfloat16, seed=4)
+    extra = torch.randn(6, 12).to(torch.bfloat16)
+    result = run(tmp_path, {"model.embed_tokens.weight": b}, {"model.embed_tokens.weight": torch.cat([u, extra])})
+    rec = result["tensors"][0]
+    ref = tensor_stats(b, u, EXACT_TOLERANCES, 1e-5)
+    assert rec["changed"] == ref["changed"] and rec["numel"] == 50 * 12
+    assert rec["added"] == 6 * 12 and result["summary"]["added"] == 72
+    assert result["unmatched"]["resized"][0]["added"] == 72
+    assert load_masks(tmp_path / "masks" / "masks.safetensors")["model.embed_tokens.weight"].shape == (50, 12)
+
+
+def test_unmatched_tied_and_shape_mismatch_are_reported_not_compared(tmp_path):
+    w = lambda *shape: torch.ones(*shape, dtype=torch.bfloat16)  # noqa: E731
+    base = {"model.embed_tokens.weight": w(4, 4), "lm_head.weight": w(4, 4), "gone": w(4, 4), "odd": w(4, 4)}
+    tuned = {"model.embed_tokens.weight": w(4, 4), "new": w(4, 4), "odd": w(4, 5)}
+    tmp_base = write(tmp_path / "base", base)
+    (tmp_base / "config.json").write_text(json.dumps({"model_type": "llama", "tie_word_embeddings": True}))
+    write(tmp_path / "tuned", tuned)
+    with open_source(parse_source(str(tmp_base), allow_any_path=True)) as b, open_source(
+        parse_source(str(tmp_path / "tuned"), allow_any_path=True)
+    ) as u:
+        result = analyze(b, u, AnalysisOptions(device="cpu"))
+    un = result["unmatched"]
+    assert un["tied"] == ["lm_head.weight"]
+    assert un["only_base"] == ["gone"] and un["only_tuned"] == ["new"]
+    assert [m["name"] for m in un["shape_mismatch"]] == ["odd"]
+    assert result["summary"]["numel"] == 16 and len(result["warnings"]) >= 3
+
+
+def test_sharded_and_single_file_give_the_same_result(tmp_path):
+    names = [f"model.layers.{i}.mlp.up_proj.weight" for i in range(5)]
+    pairs = {n: realistic_pair((24, 16), torch.bfloat16, seed=i) for i, n in enumerate(names)}
+    base = {n: p[0] for n, p in pairs.items()}
+    tuned = {n: p[1] for n, p in pairs.items()}
+    one = run(tmp_path / "one", base, tuned, masks=False)
+    many = run(tmp_path / "many", base, tuned, shards=(3, 2), masks=False)
+    strip = lambda r: sorted((t["name"], t["changed"]["1e-05"], tuple(t["ulp"])) for t in r["tensors"])  # noqa: E731
+    assert strip(one) == strip(many)
+    assert one["summary"]["changed"] == many["summary"]["changed"]
+
+
+def test_rank_matches_matrix_rank_and_sampled_mode_picks_first_middle_last(tmp_path):
+    g = torch.Generator().manual_seed(5)
+    base, tuned = {}, {}
+    for i in range(5):
+        b = (torch.randn(24, 20, generator=g) * 0.02).to(torch.bfloat16)
+        low = (torch.randn(24, 2, generator=g) @ torch.randn(2, 20, generator=g)) * 1e-3  # rank 2 update
+        base[f"model.layers.{i}.self_attn.q_proj.weight"] = b
+        tuned[f"model.layers.{i}.self_attn.q_proj.weight"] = (b.float() + low).to(torch.bfloat16)
+    result = run(tmp_path / "all", base, tuned, rank="all", masks=False)
+    for rec in result["tensors"]:
+        ref = tensor_stats(base[rec["name"]], tuned[rec["name"]], [0.0], 1e-5, want_rank=True)
+        assert rec["rank"] == ref["rank"] and rec["rank_ratio"] == ref["rank"] / 20
+    ratios = [r["rank_ratio"] for r in result["tensors"]]
+    assert result["summary"]["rank"]["mean"] == pytest.approx(sum(ratios) / 5)
+    sampled = run(tmp_path / "sampled", base, tuned, rank="sampled", masks=False)
+    assert {r["layer"] for r in sampled["tensors"] if r["rank"] is not None} == {0, 2, 4}
+
+
+def test_layer_and_module_tables_sum_the_tensors(tmp_path):
+    names = ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight",
+             "model.layers.1.self_attn.q_proj.weight", "model.norm.weight"]
+    pairs = {n: realistic_pair((8, 8) if "proj" in n else (8,), torch.bfloat16, seed=i) for i, n in enumerate(names)}
+    result = run(tmp_path, {n: p[0] for n, p in pairs.items()}, {n: p[1] for n, p in pairs.items()}, masks=False)
+    layers = {l["layer"]: l for l in result["layers"]}
+    assert set(layers) == {0, 1, None}
+    recs = {r["name"]: r for r in result["tensors"]}
+    assert layers[0]["changed"]["1e-05"] == recs[names[0]]["changed"]["1e-05"] + recs[names[1]]["changed"]["1e-05"]
+    modules = {m["module"]: m for m in result["modules"]}
+    assert modules["q_proj"]["numel"] == 128 and modules["final_norm"]["numel"] == 8
+    s = result["summary"]
+    assert s["sparsity"]["1e-05"] == pytest.approx(1 - s["changed"]["1e-05"] / s["numel"])
+    assert math.isclose(sum(l["numel"] for l in result["layers"]), s["numel"])
