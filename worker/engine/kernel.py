@@ -31,6 +31,9 @@ _NBINS = 1 << 11
 # ULP buckets 1, 2, 3-4, 5-8, ..., (2^31, 2^32]: bucket k holds distances in (2^(k-1), 2^k].
 ULP_BUCKETS = 33
 _NO_ULP = ULP_BUCKETS  # the bucket of unchanged and NaN elements, dropped at the end
+_JOINT = _NBINS * 2 * (ULP_BUCKETS + 1)
+# Curve bin of +inf in float32 (0x7f8 << 20); bins above it hold only NaN.
+_NAN_BIN32 = 0x7F8
 
 
 def tolerance_key(t: float) -> str:
@@ -90,8 +93,8 @@ class TensorAccumulator:
     compare_dtype: torch.dtype
     want_rank: bool
     numel: int = 0
-    changed: list[int] = field(default_factory=list)
-    joint: torch.Tensor | None = None  # curve bin x ULP bucket counts
+    chosen_changed: int = 0
+    joint: torch.Tensor | None = None  # curve bin x refine bit x ULP bucket counts
     nan: int = 0
     delta_sq: float = 0.0
     base_sq: float = 0.0
@@ -104,23 +107,46 @@ class TensorAccumulator:
 class Kernel:
     """Turns (base piece, tuned piece) pairs into per-tensor statistics.
 
-    `thresholds` are the exact tolerances (plus the chosen one); `chosen` is the
-    tolerance that defines masks and row/column coverage.
+    `thresholds` are the exact tolerances; `chosen` is the tolerance that defines
+    masks and row/column coverage (counted as well, exact or not).
+
+    One bincount per piece does all the counting. Its key is (curve bin, refine
+    bit, ULP bucket): each exact tolerance lies in its own curve bin (they are a
+    decade apart, bins an eighth of an octave), and the refine bit says whether
+    |Delta| exceeds the tolerance of its bin, so count(|Delta| > t) is a suffix sum
+    plus one cell. A bin-2040 "tolerance" at +inf splits NaN from inf the same way.
     """
 
     def __init__(self, thresholds: list[float], chosen: float, device: torch.device):
+        self.exact = sorted(set(thresholds))
         self.thresholds = sorted(set(thresholds) | {chosen})
-        self.chosen_index = self.thresholds.index(chosen)
+        self.chosen = chosen
         self.device = device
-        self._t32 = [_bits_f32(_f32_round_down(t)) for t in self.thresholds]
-        self._t64 = [_bits_f64(t) for t in self.thresholds]
-        self._nan32 = _bits_f32(math.inf)
-        self._nan64 = _bits_f64(math.inf)
+        self._chosen32 = _bits_f32(_f32_round_down(chosen))
+        self._chosen64 = _bits_f64(chosen)
+        # Per curve bin, the bit pattern its refine bit compares against (no tolerance: never set).
+        lut32 = torch.full((_NBINS,), 0x7FFFFFFF, dtype=torch.int32)
+        lut64 = torch.full((_NBINS,), 0x7FFFFFFFFFFFFFFF, dtype=torch.int64)
+        self._bin32, self._bin64 = {}, {}
+        for t in self.exact:
+            b32 = _bits_f32(_f32_round_down(t))
+            b64 = _bits_f64(t)
+            self._bin32[t], self._bin64[t] = b32 >> _BIN_SHIFT, self._wide_bin(b64)
+            lut32[self._bin32[t]] = b32
+            lut64[self._bin64[t]] = b64
+        lut32[_NAN_BIN32] = _bits_f32(math.inf)
+        lut64[_NBINS - 1] = _bits_f64(math.inf)
+        if len(set(self._bin32.values())) != len(self.exact):
+            raise ValueError("exact tolerances must lie in distinct curve bins")
+        self._lut32, self._lut64 = lut32.to(device), lut64.to(device)
+
+    @staticmethod
+    def _wide_bin(bits64: int) -> int:
+        return min(max((bits64 >> 49) - ((1023 - 127) << 3), 0), _NBINS - 1)
 
     def start(self, name: str, shape: tuple[int, ...], compare_dtype: torch.dtype, want_rank: bool) -> TensorAccumulator:
         acc = TensorAccumulator(name, tuple(shape), compare_dtype, want_rank)
-        acc.changed = [0] * len(self.thresholds)
-        acc.joint = torch.zeros(_NBINS * (ULP_BUCKETS + 1), dtype=torch.int64, device=self.device)
+        acc.joint = torch.zeros(_JOINT, dtype=torch.int64, device=self.device)
         if len(shape) == 2:
             acc.cols_touched = torch.zeros(shape[1], dtype=torch.bool, device=self.device)
         return acc
@@ -140,41 +166,23 @@ class Kernel:
         if tuned.dtype != acc.compare_dtype:
             tuned = tuned.to(acc.compare_dtype)
         wide = acc.compare_dtype in (torch.float32, torch.float64)
-        work = torch.float64 if wide else torch.float32
-        b = base.to(work)
-        delta = tuned.to(work) - b
-        absd = delta.abs()
-        bits = absd.view(torch.int64 if wide else torch.int32)
-        tbits = self._t64 if wide else self._t32
-
-        nan = int(torch.count_nonzero(bits > (self._nan64 if wide else self._nan32)))
+        b = base.to(torch.float64 if wide else torch.float32)
+        delta = tuned.to(b.dtype) - b
+        counts, bits = self._histogram(delta, base, tuned, acc.compare_dtype, wide)
+        grid = counts.view(_NBINS, 2, ULP_BUCKETS + 1)
+        nan = int(grid[_NBINS - 1 if wide else _NAN_BIN32, 1].sum()) + (0 if wide else int(grid[_NAN_BIN32 + 1 :].sum()))
         if nan:
             # Equal infinities subtract to NaN but are unchanged; only a real NaN is NaN.
             real_nan = torch.isnan(base) | torch.isnan(tuned)
-            same = (base == tuned) & ~real_nan
-            delta = torch.where(same, torch.zeros_like(delta), delta)
-            absd = delta.abs()
-            bits = absd.view(torch.int64 if wide else torch.int32)
+            delta = torch.where((base == tuned) & ~real_nan, torch.zeros_like(delta), delta)
+            counts, bits = self._histogram(delta, base, tuned, acc.compare_dtype, wide, nan_mask=torch.isnan(delta))
             nan = int(torch.count_nonzero(real_nan))
+        acc.joint += counts
 
-        chosen_mask = None
-        for i, t in enumerate(tbits):
-            over = bits > t
-            acc.changed[i] += int(torch.count_nonzero(over))
-            if i == self.chosen_index:
-                chosen_mask = over
-
-        # Joint histogram of curve bin and ULP bucket: one bincount serves both views.
-        if wide:
-            curve_bin = ((bits >> 49) - ((1023 - 127) << 3)).clamp_(0, _NBINS - 1)
-        else:
-            curve_bin = bits >> _BIN_SHIFT
-        ulp = self._ulp_bucket(base, tuned, acc.compare_dtype)
-        if nan:
-            ulp = torch.where(torch.isnan(delta), torch.full_like(ulp, _NO_ULP), ulp)
-        acc.joint += torch.bincount(curve_bin * (ULP_BUCKETS + 1) + ulp, minlength=acc.joint.numel())
-
-        finite = torch.where(torch.isnan(absd), torch.zeros_like(absd), absd) if nan else absd
+        chosen_mask = bits > (self._chosen64 if wide else self._chosen32)
+        acc.chosen_changed += int(torch.count_nonzero(chosen_mask))
+        absd = bits.view(delta.dtype)
+        finite = torch.nan_to_num(absd, nan=0.0) if nan else absd
         acc.nan += nan
         acc.numel += n
         acc.delta_sq += float(torch.dot(finite, finite))
@@ -182,40 +190,70 @@ class Kernel:
         acc.max_abs = max(acc.max_abs, float(finite.max()))
 
         if acc.cols_touched is not None:
-            grid = chosen_mask.view(-1, acc.shape[1])
-            acc.rows_touched += int(torch.count_nonzero(grid.any(dim=1)))
-            acc.cols_touched |= grid.any(dim=0)
+            rows = chosen_mask.view(-1, acc.shape[1])
+            acc.rows_touched += int(torch.count_nonzero(rows.any(dim=1)))
+            acc.cols_touched |= rows.any(dim=0)
         if acc.want_rank:
-            acc.rank_rows.append(torch.nan_to_num(delta).float().view(-1, acc.shape[1]))
+            acc.rank_rows.append(torch.nan_to_num(delta).float().view(-1, acc.shape[1]).cpu())
         return chosen_mask.cpu()
+
+    def _histogram(self, delta, base, tuned, dtype, wide, nan_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(joint counts of this piece, bit patterns of |delta|)."""
+        bits = delta.abs_().view(torch.int64 if wide else torch.int32)
+        if wide:
+            bins = ((bits >> 49) - ((1023 - 127) << 3)).clamp_(0, _NBINS - 1)
+            refine = bits > self._lut64[bins]
+        else:
+            bins = bits >> _BIN_SHIFT
+            refine = bits > self._lut32[bins]
+        ulp = self._ulp_bucket(base, tuned, dtype)
+        if nan_mask is not None:
+            ulp = ulp.masked_fill_(nan_mask, _NO_ULP)
+        key = (bins * 2 + refine) * (ULP_BUCKETS + 1) + ulp
+        return torch.bincount(key, minlength=_JOINT), bits
 
     @staticmethod
     def _ulp_bucket(base: torch.Tensor, tuned: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """ceil(log2(ULP distance)) per element, _NO_ULP where the bits are equal."""
+        """ceil(log2(ULP distance)) per element; _NO_ULP where the values are equal."""
         raw, wide, mag_mask = _key_dtype(dtype)
+        top = 63 if wide == torch.int64 else 31
 
         def key(x: torch.Tensor) -> torch.Tensor:
+            # Sign-magnitude bits to a monotone integer, -0 and +0 both 0: a negative value
+            # of magnitude m maps to (bits ^ mag_mask) + 1 = -m, without a branch.
             i = x.view(raw).to(wide)
-            mag = i & mag_mask
-            return torch.where(i < 0, -mag, mag)  # monotone in value; -0 and +0 share 0
+            sign = i >> top
+            return (i ^ (sign & mag_mask)) - sign
 
         dist = (key(tuned) - key(base)).abs_()
-        exponent = torch.frexp((dist - 1).to(torch.float64)).exponent
-        # frexp(d - 1) = bit_length(d - 1) = ceil(log2 d) for d >= 1; d = 1 gives 0.
-        return torch.where(dist == 0, torch.full_like(exponent, _NO_ULP), exponent).to(torch.int64)
+        # ceil(log2 d) = floor(log2(2d - 1)), the float exponent of 2d - 1 (exact: d < 2^33).
+        # d = 0 makes 2d - 1 negative; its sign bit lifts the bucket past _NO_ULP, and clamp lands it there.
+        if wide == torch.int64:
+            e = ((dist * 2 - 1).to(torch.float64).view(torch.int64) >> 52) & 0xFFF
+            return (e - 1023).clamp_(max=_NO_ULP)
+        e = ((dist * 2 - 1).to(torch.float32).view(torch.int32) >> 23) & 0x1FF
+        return (e - 127).clamp_(max=_NO_ULP)
 
     def finish(self, acc: TensorAccumulator) -> dict:
-        joint = acc.joint.view(_NBINS, ULP_BUCKETS + 1).cpu()
-        per_bin = joint.sum(dim=1)
-        suffix = torch.flip(torch.cumsum(torch.flip(per_bin, [0]), 0), [0])
-        curve = [int(suffix[k]) for k in CURVE_BINS]
-        ulp = joint[:, :ULP_BUCKETS].sum(dim=0).tolist()
+        grid = acc.joint.view(_NBINS, 2, ULP_BUCKETS + 1).cpu()
+        per_bin = grid.sum(dim=(1, 2))
+        suffix = torch.flip(torch.cumsum(torch.flip(per_bin, [0]), 0), [0]).tolist() + [0]
+        refined = grid[:, 1, :].sum(dim=1)
+        wide = acc.compare_dtype in (torch.float32, torch.float64)
+        changed = {}
+        for t in self.thresholds:
+            if t == self.chosen and t not in self.exact:
+                changed[tolerance_key(t)] = acc.chosen_changed
+                continue
+            k = (self._bin64 if wide else self._bin32)[t]
+            changed[tolerance_key(t)] = int(suffix[k + 1] + refined[k])
+        ulp = grid[:, :, :ULP_BUCKETS].sum(dim=(0, 1)).tolist()
         two_d = len(acc.shape) == 2
         record = {
             "name": acc.name,
             "numel": acc.numel,
-            "changed": {tolerance_key(t): c for t, c in zip(self.thresholds, acc.changed)},
-            "curve_changed": curve,
+            "changed": changed,
+            "curve_changed": [int(suffix[k]) for k in CURVE_BINS],
             "nan": acc.nan,
             "row_coverage": acc.rows_touched / acc.shape[0] if two_d and acc.shape[0] else None,
             "col_coverage": float(acc.cols_touched.sum()) / acc.shape[1] if two_d and acc.shape[1] else None,
