@@ -188,14 +188,21 @@ def test_rank_matches_matrix_rank_and_sampled_mode_picks_first_middle_last(tmp_p
     g = torch.Generator().manual_seed(5)
     base, tuned = {}, {}
     for i in range(5):
-        b = (torch.randn(24, 20, generator=g) * 0.02).to(torch.bfloat16)
-        low = (torch.randn(24, 2, generator=g) @ torch.randn(2, 20, generator=g)) * 1e-3  # rank 2 update
-        base[f"model.layers.{i}.self_attn.q_proj.weight"] = b
-        tuned[f"model.layers.{i}.self_attn.q_proj.weight"] = (b.float() + low).to(torch.bfloat16)
+        name = f"model.layers.{i}.self_attn.q_proj.weight"
+        if i % 2:  # a realistic update: bf16 rounding makes it full rank
+            b = (torch.randn(24, 20, generator=g) * 0.02).to(torch.bfloat16)
+            low = (torch.randn(24, 2, generator=g) @ torch.randn(2, 20, generator=g)) * 1e-3
+            base[name], tuned[name] = b, (b.float() + low).to(torch.bfloat16)
+        else:  # an exactly rank-2 update with mixed signs (|delta| would have a higher rank)
+            ints = lambda *s: torch.randint(-2, 3, s, generator=g).float()  # noqa: E731
+            base[name] = torch.zeros(24, 20, dtype=torch.bfloat16)
+            tuned[name] = (ints(24, 2) @ ints(2, 20)).to(torch.bfloat16)
     result = run(tmp_path / "all", base, tuned, rank="all", masks=False)
     for rec in result["tensors"]:
         ref = tensor_stats(base[rec["name"]], tuned[rec["name"]], [0.0], 1e-5, want_rank=True)
         assert rec["rank"] == ref["rank"] and rec["rank_ratio"] == ref["rank"] / 20
+        if rec["layer"] % 2 == 0:
+            assert rec["rank"] == 2
     ratios = [r["rank_ratio"] for r in result["tensors"]]
     assert result["summary"]["rank"]["mean"] == pytest.approx(sum(ratios) / 5)
     sampled = run(tmp_path / "sampled", base, tuned, rank="sampled", masks=False)

@@ -8,8 +8,12 @@ matrix at a time.
 from __future__ import annotations
 
 import math
+import os
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,6 +31,8 @@ ENGINE_VERSION = "0.1.0"
 SCHEMA = 1
 # Elements per piece: big enough to amortise per-op overhead, small enough to stay in cache.
 PIECE_ELEMENTS = 1 << 19
+# Pieces measured at once on a CPU; each costs a few piece-sized temporaries.
+MAX_THREADS = 8
 
 
 @dataclass
@@ -65,6 +71,21 @@ def rank_layers(pairs: list[Pair]) -> set[int]:
     if not layers:
         return set()
     return {layers[0], layers[len(layers) // 2], layers[-1]}
+
+
+def _wants_rank(pair: Pair, mode: str, sampled: set[int]) -> bool:
+    return len(pair.shape) == 2 and (mode == "all" or (mode == "sampled" and layer_of(pair.name) in sampled))
+
+
+@contextmanager
+def _torch_threads(n: int):
+    """Intra-op threads for the duration: pieces already run one per core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def plan_pieces(pair: Pair) -> list[Piece]:
@@ -115,18 +136,19 @@ def analyze(
     pieces = [piece for p in todo for piece in plan_pieces(p)]
     remaining = {p.name: len(plan_pieces(p)) for p in todo}
     state: dict = {"acc": None, "mask": None}
-    for (piece, b), (_, t) in zip(base.iter_pieces(pieces), tuned.iter_pieces(pieces)):
+
+    def fold(piece: Piece, stats) -> None:
         pair = by_name[piece.name]
         if state["acc"] is None:
-            want_rank = len(pair.shape) == 2 and (
-                options.rank == "all" or (options.rank == "sampled" and layer_of(pair.name) in sampled)
-            )
+            want_rank = _wants_rank(pair, options.rank, sampled)
             state["acc"] = kernel.start(pair.name, pair.shape, pair.compare_dtype, want_rank)
             state["mask"] = mask_files.MaskPart(parts, pair.name) if parts else None
             progress.current = pair.name
-        changed = kernel.update(state["acc"], b, t)
+        kernel.fold(state["acc"], stats)
         if state["mask"] is not None:
-            state["mask"].add(changed)
+            state["mask"].add(stats.mask)
+        base.release(piece)
+        tuned.release(piece)
         progress.bytes_done += (piece.stop - piece.start) * (pair.base.itemsize + pair.tuned.itemsize)
         remaining[piece.name] -= 1
         if remaining[piece.name] == 0:
@@ -140,6 +162,24 @@ def analyze(
                 on_tensor(record)
         if on_progress:
             on_progress(progress)
+
+    def measure(piece: Piece, b: torch.Tensor, t: torch.Tensor):
+        pair = by_name[piece.name]
+        cols = pair.shape[1] if len(pair.shape) == 2 else None
+        return kernel.measure(b, t, pair.compare_dtype, cols, _wants_rank(pair, options.rank, sampled))
+
+    threads = 1 if device.type == "cuda" else max(1, min(MAX_THREADS, os.cpu_count() or 1))
+    with _torch_threads(1 if threads > 1 else torch.get_num_threads()), ThreadPoolExecutor(threads) as pool:
+        # Pieces are measured on `threads` cores and folded strictly in order.
+        pending: deque = deque()
+        for (piece, b), (_, t) in zip(base.iter_pieces(pieces), tuned.iter_pieces(pieces)):
+            pending.append((piece, pool.submit(measure, piece, b, t)))
+            while len(pending) > 2 * threads:
+                done_piece, future = pending.popleft()
+                fold(done_piece, future.result())
+        while pending:
+            done_piece, future = pending.popleft()
+            fold(done_piece, future.result())
 
     ordered = [records[p.name] for p in pairing.pairs]
     result = build_result(base, tuned, options, ordered, pairing.unmatched, pairing.warnings)

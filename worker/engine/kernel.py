@@ -104,6 +104,22 @@ class TensorAccumulator:
     rank_rows: list[torch.Tensor] = field(default_factory=list)
 
 
+@dataclass
+class PieceStats:
+    """What one piece contributes; computed independently, folded in order."""
+
+    counts: torch.Tensor
+    mask: torch.Tensor  # changed at the chosen tolerance (bool, CPU)
+    numel: int
+    nan: int
+    delta_sq: float
+    base_sq: float
+    max_abs: float
+    rows_touched: int = 0
+    cols_touched: torch.Tensor | None = None
+    delta_rows: torch.Tensor | None = None  # for rank
+
+
 class Kernel:
     """Turns (base piece, tuned piece) pairs into per-tensor statistics.
 
@@ -151,55 +167,79 @@ class Kernel:
             acc.cols_touched = torch.zeros(shape[1], dtype=torch.bool, device=self.device)
         return acc
 
-    def update(self, acc: TensorAccumulator, base: torch.Tensor, tuned: torch.Tensor) -> torch.Tensor:
-        """Fold one piece (1-D, same length, row-aligned for 2-D tensors) into `acc`.
+    def measure(self, base: torch.Tensor, tuned: torch.Tensor, compare_dtype: torch.dtype,
+                cols: int | None, want_rank: bool) -> PieceStats:
+        """Statistics of one piece (1-D, same length; whole rows of `cols` for matrices).
 
-        Returns the piece's changed mask at the chosen tolerance (bool, on CPU).
+        Pure: touches no accumulator, so pieces may be measured on several threads.
         """
         n = base.numel()
         if n == 0:
-            return torch.zeros(0, dtype=torch.bool)
+            return PieceStats(torch.zeros(_JOINT, dtype=torch.int64), torch.zeros(0, dtype=torch.bool), 0, 0, 0.0, 0.0, 0.0)
         base = base.to(self.device, non_blocking=True)
         tuned = tuned.to(self.device, non_blocking=True)
-        if base.dtype != acc.compare_dtype:
-            base = base.to(acc.compare_dtype)  # round to nearest even, as metrics.md says
-        if tuned.dtype != acc.compare_dtype:
-            tuned = tuned.to(acc.compare_dtype)
-        wide = acc.compare_dtype in (torch.float32, torch.float64)
+        if base.dtype != compare_dtype:
+            base = base.to(compare_dtype)  # round to nearest even, as metrics.md says
+        if tuned.dtype != compare_dtype:
+            tuned = tuned.to(compare_dtype)
+        wide = compare_dtype in (torch.float32, torch.float64)
         b = base.to(torch.float64 if wide else torch.float32)
         delta = tuned.to(b.dtype) - b
-        counts, bits = self._histogram(delta, base, tuned, acc.compare_dtype, wide)
+        counts, bits = self._histogram(delta, base, tuned, compare_dtype, wide)
         grid = counts.view(_NBINS, 2, ULP_BUCKETS + 1)
         nan = int(grid[_NBINS - 1 if wide else _NAN_BIN32, 1].sum()) + (0 if wide else int(grid[_NAN_BIN32 + 1 :].sum()))
         if nan:
             # Equal infinities subtract to NaN but are unchanged; only a real NaN is NaN.
             real_nan = torch.isnan(base) | torch.isnan(tuned)
             delta = torch.where((base == tuned) & ~real_nan, torch.zeros_like(delta), delta)
-            counts, bits = self._histogram(delta, base, tuned, acc.compare_dtype, wide, nan_mask=torch.isnan(delta))
+            counts, bits = self._histogram(delta, base, tuned, compare_dtype, wide, nan_mask=torch.isnan(delta))
             nan = int(torch.count_nonzero(real_nan))
-        acc.joint += counts
-
-        chosen_mask = bits > (self._chosen64 if wide else self._chosen32)
-        acc.chosen_changed += int(torch.count_nonzero(chosen_mask))
+        mask = bits > (self._chosen64 if wide else self._chosen32)
         absd = bits.view(delta.dtype)
         finite = torch.nan_to_num(absd, nan=0.0) if nan else absd
-        acc.nan += nan
-        acc.numel += n
-        acc.delta_sq += float(torch.dot(finite, finite))
-        acc.base_sq += float(torch.dot(torch.nan_to_num(b), torch.nan_to_num(b))) if nan else float(torch.dot(b, b))
-        acc.max_abs = max(acc.max_abs, float(finite.max()))
+        b_finite = torch.nan_to_num(b) if nan else b
+        stats = PieceStats(
+            counts=counts,
+            mask=mask,
+            numel=n,
+            nan=nan,
+            delta_sq=float(torch.dot(finite, finite)),
+            base_sq=float(torch.dot(b_finite, b_finite)),
+            max_abs=float(finite.max()),
+        )
+        if cols:
+            rows = mask.view(-1, cols)
+            stats.rows_touched = int(torch.count_nonzero(rows.any(dim=1)))
+            stats.cols_touched = rows.any(dim=0)
+        if want_rank and cols:
+            stats.delta_rows = torch.nan_to_num(delta).float().view(-1, cols).cpu()
+        stats.mask = mask.cpu()
+        return stats
 
-        if acc.cols_touched is not None:
-            rows = chosen_mask.view(-1, acc.shape[1])
-            acc.rows_touched += int(torch.count_nonzero(rows.any(dim=1)))
-            acc.cols_touched |= rows.any(dim=0)
-        if acc.want_rank:
-            acc.rank_rows.append(torch.nan_to_num(delta).float().view(-1, acc.shape[1]).cpu())
-        return chosen_mask.cpu()
+    def fold(self, acc: TensorAccumulator, piece: PieceStats) -> None:
+        acc.joint += piece.counts
+        acc.chosen_changed += int(torch.count_nonzero(piece.mask))
+        acc.nan += piece.nan
+        acc.numel += piece.numel
+        acc.delta_sq += piece.delta_sq
+        acc.base_sq += piece.base_sq
+        acc.max_abs = max(acc.max_abs, piece.max_abs)
+        acc.rows_touched += piece.rows_touched
+        if piece.cols_touched is not None:
+            acc.cols_touched |= piece.cols_touched
+        if piece.delta_rows is not None:
+            acc.rank_rows.append(piece.delta_rows)
+
+    def update(self, acc: TensorAccumulator, base: torch.Tensor, tuned: torch.Tensor) -> torch.Tensor:
+        """measure + fold in one call; returns the piece's mask."""
+        cols = acc.shape[1] if len(acc.shape) == 2 else None
+        piece = self.measure(base, tuned, acc.compare_dtype, cols, acc.want_rank)
+        self.fold(acc, piece)
+        return piece.mask
 
     def _histogram(self, delta, base, tuned, dtype, wide, nan_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(joint counts of this piece, bit patterns of |delta|)."""
-        bits = delta.abs_().view(torch.int64 if wide else torch.int32)
+        bits = delta.abs().view(torch.int64 if wide else torch.int32)
         if wide:
             bins = ((bits >> 49) - ((1023 - 127) << 3)).clamp_(0, _NBINS - 1)
             refine = bits > self._lut64[bins]

@@ -145,7 +145,10 @@ class Source(ABC):
         return self.read_piece(Piece(name, 0, info.numel)).reshape(info.shape)
 
     def iter_pieces(self, pieces: Sequence[Piece]) -> Iterator[tuple[Piece, torch.Tensor]]:
-        """The pieces in order, read ahead on a background thread so I/O overlaps compute."""
+        """The pieces in order, read ahead on a background thread so I/O overlaps compute.
+
+        The consumer calls `release(piece)` once it no longer needs the piece's tensor.
+        """
         yield from _prefetched(self, pieces, self.prefetch_bytes)
 
     def release(self, piece: Piece) -> None:
@@ -194,7 +197,6 @@ def _prefetched(source: Source, pieces: Sequence[Piece], budget: int) -> Iterato
             if isinstance(piece, BaseException):
                 raise piece
             yield piece, tensor
-            source.release(piece)
             for _ in range(tickets(piece)):
                 in_flight.release()
     finally:
@@ -306,7 +308,6 @@ class LocalSource(Source):
                 announced += 1
             yield piece, self.read_piece(piece)
             ahead -= (piece.stop - piece.start) * self.tensors[piece.name].itemsize
-            self.release(piece)
 
     def release(self, piece: Piece) -> None:
         if piece.stop > piece.start:
