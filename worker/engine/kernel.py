@@ -230,13 +230,6 @@ class Kernel:
         if piece.delta_rows is not None:
             acc.rank_rows.append(piece.delta_rows)
 
-    def update(self, acc: TensorAccumulator, base: torch.Tensor, tuned: torch.Tensor) -> torch.Tensor:
-        """measure + fold in one call; returns the piece's mask."""
-        cols = acc.shape[1] if len(acc.shape) == 2 else None
-        piece = self.measure(base, tuned, acc.compare_dtype, cols, acc.want_rank)
-        self.fold(acc, piece)
-        return piece.mask
-
     def _histogram(self, delta, base, tuned, dtype, wide, nan_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(joint counts of this piece, bit patterns of |delta|)."""
         bits = delta.abs().view(torch.int64 if wide else torch.int32)
