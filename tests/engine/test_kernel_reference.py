@@ -73,6 +73,14 @@ def assert_matches(record, ref, tolerances):
         assert record["col_coverage"] == pytest.approx(ref["col_coverage"])
 
 
+@pytest.fixture(autouse=True, params=["fused", "torch"])
+def kernel_path(request, monkeypatch):
+    """Every test runs on both kernels: the fused CPU loop and the torch ops CUDA uses."""
+    if request.param == "torch":
+        monkeypatch.setattr("worker.engine.cpu_kernel.SUPPORTED", frozenset())
+    return request.param
+
+
 @pytest.fixture
 def small_pieces(monkeypatch):
     """Force many pieces per tensor, with rows that are not multiples of 8 elements."""

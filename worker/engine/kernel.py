@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from worker.engine import cpu_kernel
+
 EXACT_TOLERANCES = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3)
 
 # Curve bins of positive float32 values: 8 exponent bits and 3 mantissa bits.
@@ -94,7 +96,8 @@ class TensorAccumulator:
     want_rank: bool
     numel: int = 0
     chosen_changed: int = 0
-    joint: torch.Tensor | None = None  # curve bin x refine bit x ULP bucket counts
+    curve: torch.Tensor | None = None  # counts per (curve bin, refine bit)
+    ulp: torch.Tensor | None = None  # counts per ULP bucket
     nan: int = 0
     delta_sq: float = 0.0
     base_sq: float = 0.0
@@ -108,7 +111,8 @@ class TensorAccumulator:
 class PieceStats:
     """What one piece contributes; computed independently, folded in order."""
 
-    counts: torch.Tensor
+    curve: torch.Tensor  # (curve bin, refine bit) counts
+    ulp: torch.Tensor  # ULP bucket counts
     mask: torch.Tensor  # changed at the chosen tolerance (bool, CPU)
     numel: int
     nan: int
@@ -155,6 +159,10 @@ class Kernel:
         if len(set(self._bin32.values())) != len(self.exact):
             raise ValueError("exact tolerances must lie in distinct curve bins")
         self._lut32, self._lut64 = lut32.to(device), lut64.to(device)
+        # The same thresholds as values, for the fused CPU loop (+inf: no tolerance in that bin).
+        self._lut_f64 = np.full(_NBINS, np.inf)
+        for t in self.exact:
+            self._lut_f64[self._bin64[t]] = t
 
     @staticmethod
     def _wide_bin(bits64: int) -> int:
@@ -162,7 +170,8 @@ class Kernel:
 
     def start(self, name: str, shape: tuple[int, ...], compare_dtype: torch.dtype, want_rank: bool) -> TensorAccumulator:
         acc = TensorAccumulator(name, tuple(shape), compare_dtype, want_rank)
-        acc.joint = torch.zeros(_JOINT, dtype=torch.int64, device=self.device)
+        acc.curve = torch.zeros(_NBINS * 2, dtype=torch.int64)
+        acc.ulp = torch.zeros(ULP_BUCKETS, dtype=torch.int64)
         if len(shape) == 2:
             acc.cols_touched = torch.zeros(shape[1], dtype=torch.bool, device=self.device)
         return acc
@@ -175,13 +184,17 @@ class Kernel:
         """
         n = base.numel()
         if n == 0:
-            return PieceStats(torch.zeros(_JOINT, dtype=torch.int64), torch.zeros(0, dtype=torch.bool), 0, 0, 0.0, 0.0, 0.0)
+            empty = torch.zeros(0, dtype=torch.bool)
+            return PieceStats(torch.zeros(_NBINS * 2, dtype=torch.int64), torch.zeros(ULP_BUCKETS, dtype=torch.int64),
+                              empty, 0, 0, 0.0, 0.0, 0.0)
         base = base.to(self.device, non_blocking=True)
         tuned = tuned.to(self.device, non_blocking=True)
         if base.dtype != compare_dtype:
             base = base.to(compare_dtype)  # round to nearest even, as metrics.md says
         if tuned.dtype != compare_dtype:
             tuned = tuned.to(compare_dtype)
+        if self.device.type == "cpu" and compare_dtype in cpu_kernel.SUPPORTED:
+            return self._measure_fused(base, tuned, compare_dtype, cols, want_rank)
         wide = compare_dtype in (torch.float32, torch.float64)
         b = base.to(torch.float64 if wide else torch.float32)
         delta = tuned.to(b.dtype) - b
@@ -198,8 +211,10 @@ class Kernel:
         absd = bits.view(delta.dtype)
         finite = torch.nan_to_num(absd, nan=0.0) if nan else absd
         b_finite = torch.nan_to_num(b) if nan else b
+        grid = counts.view(_NBINS * 2, ULP_BUCKETS + 1).cpu()
         stats = PieceStats(
-            counts=counts,
+            curve=grid.sum(dim=1),
+            ulp=grid[:, :ULP_BUCKETS].sum(dim=0),
             mask=mask,
             numel=n,
             nan=nan,
@@ -216,8 +231,26 @@ class Kernel:
         stats.mask = mask.cpu()
         return stats
 
+    def _measure_fused(self, base, tuned, compare_dtype, cols, want_rank) -> PieceStats:
+        curve, ulp, mask, col_flags, out = cpu_kernel.measure_cpu(
+            base.contiguous(), tuned.contiguous(), compare_dtype, cols, self._lut_f64, _NBINS - 1,
+            float(self.chosen), _NBINS * 2, ULP_BUCKETS,
+        )
+        nan, _, delta_sq, base_sq, max_abs, rows_touched = out
+        stats = PieceStats(
+            curve=torch.from_numpy(curve), ulp=torch.from_numpy(ulp), mask=torch.from_numpy(mask),
+            numel=base.numel(), nan=nan, delta_sq=delta_sq, base_sq=base_sq, max_abs=max_abs,
+            rows_touched=rows_touched, cols_touched=torch.from_numpy(col_flags) if cols else None,
+        )
+        if want_rank and cols:
+            delta = tuned.double() - base.double()
+            same = tuned == base  # equal infinities are unchanged
+            stats.delta_rows = torch.nan_to_num(torch.where(same, 0.0, delta)).float().view(-1, cols)
+        return stats
+
     def fold(self, acc: TensorAccumulator, piece: PieceStats) -> None:
-        acc.joint += piece.counts
+        acc.curve += piece.curve
+        acc.ulp += piece.ulp
         acc.chosen_changed += int(torch.count_nonzero(piece.mask))
         acc.nan += piece.nan
         acc.numel += piece.numel
@@ -268,10 +301,10 @@ class Kernel:
         return (e - 127).clamp_(max=_NO_ULP)
 
     def finish(self, acc: TensorAccumulator) -> dict:
-        grid = acc.joint.view(_NBINS, 2, ULP_BUCKETS + 1).cpu()
-        per_bin = grid.sum(dim=(1, 2))
+        grid = acc.curve.view(_NBINS, 2)
+        per_bin = grid.sum(dim=1)
         suffix = torch.flip(torch.cumsum(torch.flip(per_bin, [0]), 0), [0]).tolist() + [0]
-        refined = grid[:, 1, :].sum(dim=1)
+        refined = grid[:, 1]
         wide = acc.compare_dtype in (torch.float32, torch.float64)
         changed = {}
         for t in self.thresholds:
@@ -280,7 +313,7 @@ class Kernel:
                 continue
             k = (self._bin64 if wide else self._bin32)[t]
             changed[tolerance_key(t)] = int(suffix[k + 1] + refined[k])
-        ulp = grid[:, :, :ULP_BUCKETS].sum(dim=(0, 1)).tolist()
+        ulp = acc.ulp.tolist()
         two_d = len(acc.shape) == 2
         record = {
             "name": acc.name,
