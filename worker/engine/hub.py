@@ -192,7 +192,7 @@ class HubSource(Source):
             if any(not (folder / s).is_file() for s in shards):
                 raise EngineError("not_found", offline.replace("is not in", "is only partly in"))
         self.sha = folder.name
-        local = LocalSource(SourceSpec("local", str(folder), None, display=f"{label} (offline cache)"))
+        local = LocalSource(SourceSpec("local", str(folder), None, display=f"{label} (offline cache)"), sha=self.sha)
         self._local = local
         self.files, self.tensors, self.config = local.files, local.tensors, local.config
 
@@ -207,6 +207,10 @@ class HubSource(Source):
         begin, end = self._span(piece)
         data, _ = self._fetch(info.file, begin, end)
         return bytes_to_tensor(data, info, piece.start, piece.stop)
+
+    def release(self, piece: Piece) -> None:
+        if self._local is not None:
+            self._local.release(piece)
 
     def iter_pieces(self, pieces: Sequence[Piece]) -> Iterator[tuple[Piece, torch.Tensor]]:
         """The pieces in order, fetched ahead by up to `concurrency` requests within the prefetch budget."""
@@ -231,7 +235,7 @@ class HubSource(Source):
                 data = memoryview(future.result()[0]) if future is not None else memoryview(b"")
                 for piece, (a, b) in zip(run.pieces, run.slices):
                     info = self.tensors[piece.name]
-                    yield piece, bytes_to_tensor(data[a:b], info, piece.start, max(piece.start, piece.stop))
+                    yield piece, bytes_to_tensor(data[a:b], info, piece.start, piece.stop)
                     self.release(piece)
                 held -= run.nbytes
         finally:

@@ -252,7 +252,8 @@ class LocalSource(Source):
     after it, so resident memory stays near the prefetch budget, not the model size.
     """
 
-    def __init__(self, spec: SourceSpec):
+    def __init__(self, spec: SourceSpec, *, sha: str | None = None):
+        """`sha` names the content when the caller knows it (a Hub snapshot's commit), sparing the hashing."""
         self.spec = spec
         directory = Path(spec.id)
         if not directory.is_dir():
@@ -276,8 +277,9 @@ class LocalSource(Source):
                 if name in self.tensors:
                     raise EngineError("malformed", f"{spec.label}: tensor {name} appears in two files.")
                 self.tensors[name] = info
-            digests.append(f"{fname}:{_file_digest(path)}")
-        self.sha = hashlib.sha256("\n".join(digests).encode()).hexdigest()
+            if sha is None:
+                digests.append(f"{fname}:{_file_digest(path)}")
+        self.sha = sha or hashlib.sha256("\n".join(digests).encode()).hexdigest()
         config = directory / "config.json"
         try:
             self.config = json.loads(config.read_text()) if config.is_file() else None
