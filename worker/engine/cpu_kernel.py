@@ -34,34 +34,23 @@ def _table(dtype: torch.dtype) -> np.ndarray:
     return _TABLES[dtype]
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
-def _ulp_bucket(rb, ru, sign, mag):
-    kb = -(rb & mag) if rb & sign else rb & mag
-    ku = -(ru & mag) if ru & sign else ru & mag
-    x = abs(ku - kb) - 1  # ceil(log2 d) = bit_length(d - 1)
-    bucket = 0
-    while x:
-        bucket += 1
-        x >>= 1
-    return bucket
-
-
 @numba.njit(nogil=True, cache=True)
-def _measure(b_raw, u_raw, b_val, u_val, sign, mag, lut, nan_bin, chosen, cols,
-             curve, ulp, mask, col_flags):
-    """Fold one piece into `curve` (bin*2 + refine), `ulp`, `mask`, `col_flags`.
+def _measure(b_raw, u_raw, b_val, u_val, shift, lut, nan_bin, chosen, cols,
+             bins, refined, ulp, mask, col_flags):
+    """Fold one piece into `bins` (curve bin counts), `refined` (of those, above the
+    bin's tolerance), `ulp`, `mask` and `col_flags`.
 
     b_val/u_val are the values (float32) of b_raw/u_raw, or tables indexed by them.
     Everything is compared in float64, where every delta is exact, so `lut` (the
-    tolerance of each curve bin, +inf for none) and `chosen` are the tolerances themselves.
-    Returns (nan, chosen_changed, delta_sq, base_sq, max_abs, rows_touched).
+    tolerance of each curve bin, +inf for none) and `chosen` are the tolerances
+    themselves. Two histograms indexed by the bin alone, rather than one indexed by
+    (bin, refine), keep each increment's address independent of the comparison.
+    Returns (nan, delta_sq, base_sq, max_abs, rows_touched).
     """
     n = b_raw.shape[0]
     by_table = b_val.shape[0] != n
-    scratch64 = np.empty(1, np.float64)
-    bits64 = scratch64.view(np.int64)
+    mag = (np.int64(1) << shift) - 1
     nan = 0
-    chosen_changed = 0
     unchanged = 0
     delta_sq = 0.0
     base_sq = 0.0
@@ -71,7 +60,7 @@ def _measure(b_raw, u_raw, b_val, u_val, sign, mag, lut, nan_bin, chosen, cols,
     width = cols if cols > 0 else n
     rows = n // width if width else 0
     for row in range(rows):
-        row_hit = False
+        row_hit = 0
         for j in range(width):
             i = row * width + j
             rb = np.int64(b_raw[i])
@@ -86,56 +75,66 @@ def _measure(b_raw, u_raw, b_val, u_val, sign, mag, lut, nan_bin, chosen, cols,
                 unchanged += 1
                 base_sq += bv * bv
                 continue
-            if bv != bv or uv != uv:
+            if bv != bv or uv != uv:  # NaN on either side: changed at every tolerance
                 nan += 1
-                curve[nan_bin * 2] += 1
+                bins[nan_bin] += 1
                 if bv == bv:
                     base_sq += bv * bv
-                changed = True
-            else:
-                base_sq += bv * bv
-                d = uv - bv  # exact: float64 holds any difference of two float32 values
-                ad = abs(d)
-                scratch64[0] = ad
-                # The float32 curve bin (exponent, 3 mantissa bits) read off the float64 bits.
-                k = (bits64[0] >> 49) - ((1023 - 127) << 3)
-                k = 0 if k < 0 else (nan_bin if k > nan_bin else k)
-                curve[k * 2 + (1 if ad > lut[k] else 0)] += 1
-                ulp[_ulp_bucket(rb, ru, sign, mag)] += 1
-                delta_sq += d * d
-                if ad > max_abs:
-                    max_abs = ad
-                changed = ad > chosen
-            if changed:
                 mask[i] = 1
-                chosen_changed += 1
                 col_flags[j if cols > 0 else 0] = 1
-                row_hit = True
+                row_hit = 1
+                continue
+            base_sq += bv * bv
+            d = uv - bv  # exact: float64 holds any difference of two float32 values
+            ad = abs(d)
+            # The float32 curve bin (exponent, 3 mantissa bits) read off the float64 bits.
+            k = (np.float64(ad).view(np.int64) >> 49) - ((1023 - 127) << 3)
+            k = min(max(k, 0), nan_bin)
+            bins[k] += 1
+            refined[k] += ad > lut[k]
+            # ULP distance between the monotone keys of the sign-magnitude bit patterns.
+            kb = (rb & mag) * (1 - 2 * ((rb >> shift) & 1))
+            ku = (ru & mag) * (1 - 2 * ((ru >> shift) & 1))
+            # ceil(log2 dist) = floor(log2(2 dist - 1)): the exponent of an exact float64.
+            dist = abs(ku - kb)
+            ulp[(np.float64(2 * dist - 1).view(np.int64) >> 52) - 1023] += 1
+            delta_sq += d * d
+            max_abs = max(max_abs, ad)
+            c = ad > chosen
+            mask[i] = c
+            col_flags[j if cols > 0 else 0] |= c
+            row_hit |= c
         if row_hit and cols > 0:
             rows_touched += 1
-    curve[0] += unchanged
-    return nan, chosen_changed, delta_sq, base_sq, max_abs, rows_touched
+    bins[0] += unchanged
+    return nan, delta_sq, base_sq, max_abs, rows_touched
 
 
 def measure_cpu(base: torch.Tensor, tuned: torch.Tensor, dtype: torch.dtype, cols: int | None,
-                lut: np.ndarray, nan_bin: int, chosen: float, curve_len: int, ulp_len: int):
+                lut: np.ndarray, chosen: float, ulp_len: int):
     """Run the fused loop on CPU tensors already in `dtype`; numpy outputs and scalars."""
     n = base.numel()
+    nbins = lut.shape[0]
     if dtype == torch.float32:
         b_raw = base.view(torch.int32).numpy().view(np.uint32)
         u_raw = tuned.view(torch.int32).numpy().view(np.uint32)
         b_val, u_val = base.numpy(), tuned.numpy()
-        sign = 0x80000000
+        shift = 31
     else:
         raw, sign = _RAW[dtype]
+        shift = sign.bit_length() - 1
         view = torch.int16 if raw == np.uint16 else torch.uint8
         b_raw = base.view(view).numpy().view(raw)
         u_raw = tuned.view(view).numpy().view(raw)
         b_val = u_val = _table(dtype)
-    curve = np.zeros(curve_len, np.int64)
+    bins = np.zeros(nbins, np.int64)
+    refined = np.zeros(nbins, np.int64)
     ulp = np.zeros(ulp_len, np.int64)
     mask = np.zeros(n, np.uint8)
     col_flags = np.zeros(cols or 1, np.uint8)
-    out = _measure(b_raw, u_raw, b_val, u_val, sign, sign - 1, lut, nan_bin, chosen, cols or 0,
-                   curve, ulp, mask, col_flags)
+    out = _measure(b_raw, u_raw, b_val, u_val, shift, lut, nbins - 1, chosen, cols or 0,
+                   bins, refined, ulp, mask, col_flags)
+    curve = np.empty(2 * nbins, np.int64)  # (bin, refine bit) pairs, as the torch path counts them
+    curve[0::2] = bins - refined
+    curve[1::2] = refined
     return curve, ulp, mask.view(np.bool_), col_flags.view(np.bool_), out

@@ -233,10 +233,9 @@ class Kernel:
 
     def _measure_fused(self, base, tuned, compare_dtype, cols, want_rank) -> PieceStats:
         curve, ulp, mask, col_flags, out = cpu_kernel.measure_cpu(
-            base.contiguous(), tuned.contiguous(), compare_dtype, cols, self._lut_f64, _NBINS - 1,
-            float(self.chosen), _NBINS * 2, ULP_BUCKETS,
+            base.contiguous(), tuned.contiguous(), compare_dtype, cols, self._lut_f64, float(self.chosen), ULP_BUCKETS
         )
-        nan, _, delta_sq, base_sq, max_abs, rows_touched = out
+        nan, delta_sq, base_sq, max_abs, rows_touched = out
         stats = PieceStats(
             curve=torch.from_numpy(curve), ulp=torch.from_numpy(ulp), mask=torch.from_numpy(mask),
             numel=base.numel(), nan=nan, delta_sq=delta_sq, base_sq=base_sq, max_abs=max_abs,
