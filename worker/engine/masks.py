@@ -8,6 +8,7 @@ stitched into one file without holding more than one part in memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import struct
@@ -31,16 +32,24 @@ class MaskPart:
     """Packs one tensor's mask pieces into a part file; pieces need not be multiples of 8."""
 
     def __init__(self, parts: Path, name: str):
-        parts.mkdir(parents=True, exist_ok=True)
         self.path = _part_path(parts, name)
         self._tmp = self.path.with_suffix(".partial")
-        self._file = open(self._tmp, "wb")
+        try:
+            parts.mkdir(parents=True, exist_ok=True)
+            self._file = open(self._tmp, "wb")
+        except OSError as exc:
+            raise _disk_error(exc) from None
         self._carry = np.zeros(0, dtype=bool)
 
     def add(self, mask: torch.Tensor) -> None:
         bits = np.concatenate([self._carry, mask.numpy()]) if self._carry.size else mask.numpy()
         whole = bits.size - bits.size % 8
-        self._file.write(np.packbits(bits[:whole], bitorder="little").tobytes())
+        try:  # a piece's bits exceed the write buffer, so a full disk shows up here, not only at close
+            self._file.write(np.packbits(bits[:whole], bitorder="little").tobytes())
+        except OSError as exc:
+            with contextlib.suppress(OSError):  # flushing the rest fails the same way
+                self._file.close()
+            raise _disk_error(exc) from None
         self._carry = bits[whole:].copy()
 
     def close(self) -> None:
