@@ -116,6 +116,14 @@ def test_every_number_matches_the_float64_reference(tmp_path, small_pieces, dtyp
         assert changed["0.001"] < changed["1e-05"] < changed["0.0"]
 
 
+@pytest.mark.parametrize("dtype, shape", [(torch.bfloat16, (512, 128)), (torch.float8_e4m3fn, (16, 16))])
+def test_a_piece_as_long_as_a_value_table(tmp_path, dtype, shape):
+    """One piece of exactly 2^16 (2^8) elements: the length of the fused loop's value table."""
+    base, tuned = realistic_pair(shape, dtype, seed=11)
+    result = run(tmp_path, {"w": base}, {"w": tuned}, masks=False)
+    assert_matches(result["tensors"][0], tensor_stats(base, tuned, EXACT_TOLERANCES, 1e-5), EXACT_TOLERANCES)
+
+
 def test_whole_curve_is_exact_and_has_eight_points_per_octave(tmp_path):
     base, tuned = realistic_pair((64, 64), torch.bfloat16, seed=7)
     result = run(tmp_path, {"w": base}, {"w": tuned}, masks=False)

@@ -35,12 +35,12 @@ def _table(dtype: torch.dtype) -> np.ndarray:
 
 
 @numba.njit(nogil=True, cache=True)
-def _measure(b_raw, u_raw, b_val, u_val, shift, lut, nan_bin, chosen, cols,
+def _measure(b_raw, u_raw, b_val, u_val, by_table, shift, lut, nan_bin, chosen, cols,
              bins, refined, ulp, mask, col_flags):
     """Fold one piece into `bins` (curve bin counts), `refined` (of those, above the
     bin's tolerance), `ulp`, `mask` and `col_flags`.
 
-    b_val/u_val are the values (float32) of b_raw/u_raw, or tables indexed by them.
+    b_val/u_val are the values (float32) of b_raw/u_raw, or (`by_table`) tables indexed by them.
     Everything is compared in float64, where every delta is exact, so `lut` (the
     tolerance of each curve bin, +inf for none) and `chosen` are the tolerances
     themselves. Two histograms indexed by the bin alone, rather than one indexed by
@@ -48,7 +48,6 @@ def _measure(b_raw, u_raw, b_val, u_val, shift, lut, nan_bin, chosen, cols,
     Returns (nan, delta_sq, base_sq, max_abs, rows_touched).
     """
     n = b_raw.shape[0]
-    by_table = b_val.shape[0] != n
     mag = (np.int64(1) << shift) - 1
     nan = 0
     unchanged = 0
@@ -132,7 +131,7 @@ def measure_cpu(base: torch.Tensor, tuned: torch.Tensor, dtype: torch.dtype, col
     ulp = np.zeros(ulp_len, np.int64)
     mask = np.zeros(n, np.uint8)
     col_flags = np.zeros(cols or 1, np.uint8)
-    out = _measure(b_raw, u_raw, b_val, u_val, shift, lut, nbins - 1, chosen, cols or 0,
+    out = _measure(b_raw, u_raw, b_val, u_val, dtype != torch.float32, shift, lut, nbins - 1, chosen, cols or 0,
                    bins, refined, ulp, mask, col_flags)
     curve = np.empty(2 * nbins, np.int64)  # (bin, refine bit) pairs, as the torch path counts them
     curve[0::2] = bins - refined
