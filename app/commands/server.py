@@ -1,5 +1,114 @@
 """serve, worker: commands that run the service."""
 
+from __future__ import annotations
 
-def register(sub) -> None:  # filled in by the service work
-    pass
+import argparse
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+log = logging.getLogger("subnetscope")
+
+DEMO_NAMES = ("base", "sft", "rl_a", "rl_b", "resized")
+
+
+def register(sub) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="run the web app (API + dashboard); without REDIS_URL also Redis and a worker",
+        description="Serve the API and dashboard. With no REDIS_URL, start an embedded redis-server "
+                    "(AOF under the data directory) and worker processes too.",
+    )
+    serve.add_argument("--host", help="address to bind (default: SUBNETSCOPE_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default: SUBNETSCOPE_PORT or 8000)")
+    serve.add_argument("--workers", type=int, help="embedded mode: worker processes to start")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser(
+        "worker",
+        help="run an RQ worker that computes analyses",
+        description="Run a worker on REDIS_URL (or on the embedded Redis of a `serve` on this machine).",
+    )
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.add_argument("--name", help="worker name (default: host.pid.random)")
+    worker.set_defaults(func=cmd_worker)
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def ensure_demo(root: Path) -> Path:
+    """Write the demo checkpoint family under `root/demo` once, atomically (several processes may race)."""
+    demo = root / "demo"
+    if all((demo / n).is_dir() for n in DEMO_NAMES):
+        return demo
+    from worker.engine import write_demo
+
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".demo-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_demo(tmp)
+    try:
+        if demo.exists():
+            shutil.rmtree(demo)  # a partial family from an interrupted start
+        tmp.rename(demo)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # someone else won the race
+    return demo
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _logging()
+    import uvicorn
+
+    from app.embedded import Embedded
+    from app.main import create_app
+    from app.settings import get_settings
+
+    settings = get_settings()
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v}
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    demo = ensure_demo(settings.checkpoints_root)
+    log.info("demo checkpoints in %s (analyse them as local:demo/base, local:demo/rl_a, ...)", demo)
+
+    embedded = None
+    try:
+        if not settings.redis_url:
+            embedded = Embedded(settings.data_dir, workers=settings.workers)
+            url = embedded.start()
+            settings = settings.model_copy(update={"redis_url": url})
+        app = create_app(settings)
+        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
+                                access_log=True, proxy_headers=True)
+        server = uvicorn.Server(config)
+        log.info("Subnetscope at http://%s:%d (API docs at /docs)", settings.host, settings.port)
+        server.run()  # returns after SIGINT/SIGTERM
+    finally:
+        if embedded is not None:
+            log.info("stopping the embedded worker(s) and Redis")
+            embedded.stop()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    _logging()
+    from app.embedded import embedded_url
+    from app.settings import get_settings
+    from app.workers import run_worker
+
+    settings = get_settings()
+    if not settings.redis_url:
+        url = embedded_url(settings.data_dir)
+        if not url:
+            print("subnetscope worker: set REDIS_URL (or start `subnetscope serve` on this machine first)",
+                  file=sys.stderr)
+            return 2
+        settings = settings.model_copy(update={"redis_url": url})
+    # Tasks read get_settings() themselves; make sure they see the same Redis.
+    os.environ.setdefault("REDIS_URL", settings.redis_url)
+    return run_worker(settings, burst=args.burst, name=args.name)

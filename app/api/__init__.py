@@ -1,0 +1,1 @@
+"""Thin routers of the JSON API, one module per resource."""

@@ -1,0 +1,73 @@
+"""create_app: one ASGI app, the JSON API under /api and the Dash UI at /."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from app.api import analyses, health, overlaps
+from app.jobs import Refused
+from app.settings import Settings, get_settings
+from app.store import Store, connect
+
+log = logging.getLogger(__name__)
+
+REDIS_DOWN = {
+    "code": "redis_unavailable",
+    "message": "The results store (Redis) is not reachable right now; nothing was recorded. Try again shortly.",
+}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    if not settings.redis_url:
+        raise RuntimeError("create_app needs settings.redis_url (`subnetscope serve` starts Redis when unset)")
+    app = FastAPI(
+        title="Subnetscope",
+        description="Which parameters did a finetuning run actually change? Submit a base and a tuned "
+                    "checkpoint, follow the analysis, read the result at its permalink.",
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.store = Store(connect(settings.redis_url))
+
+    @app.exception_handler(Refused)
+    async def refused(_: Request, exc: Refused):
+        return JSONResponse({"detail": exc.detail()}, status_code=exc.status)
+
+    @app.exception_handler(redis.exceptions.ConnectionError)
+    @app.exception_handler(redis.exceptions.TimeoutError)
+    async def redis_down(_: Request, exc: Exception):
+        log.warning("Redis unavailable: %s", exc)
+        return JSONResponse({"detail": REDIS_DOWN}, status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError):
+        # One readable sentence plus the field list; inputs are never echoed (one may be a token).
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        text = "; ".join(f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
+                         for e in errors)
+        return JSONResponse({"detail": {"code": "bad_request", "message": f"Invalid request: {text}.",
+                                        "errors": errors}}, status_code=422)
+
+    app.include_router(health.router)
+    app.include_router(analyses.router)
+    app.include_router(overlaps.router)
+    _mount_frontend(app, settings)
+    return app
+
+
+def _mount_frontend(app: FastAPI, settings: Settings) -> None:
+    import frontend
+
+    mount = getattr(frontend, "mount", None)
+    if mount is None:  # the dashboard is optional while it is being built
+        log.warning("frontend.mount is not available; serving the API only")
+        return
+    mount(app, settings)
