@@ -1,0 +1,1 @@
+"""Dash pages: each module has `layout(query)` (or `layout(id, query)`) and `register(app, api)`."""

@@ -1,0 +1,100 @@
+"""Compare: several analyses side by side (the study's Table 1 and Figure 1)."""
+
+from __future__ import annotations
+
+from dash import Input, Output, State, dcc, html, no_update
+
+from .. import figures as F
+from .. import numbers as N
+from ..apiclient import message
+from .picker import fetch_many, label, options, parse_ids
+from .shell import card, notice
+
+
+def layout(query: dict):
+    ids = parse_ids(query.get("ids"))
+    t = N.parse_tolerance(query.get("t"))
+    if t not in N.EXACT_TOLERANCES:
+        t = N.DEFAULT_TOLERANCE
+    return html.Div([
+        card(
+            html.H2("Compare analyses"),
+            html.P("Update sparsity of several finetuning runs side by side, with the values the "
+                   "study reports where it has them.", className="muted"),
+            html.Div(className="form-grid", children=[
+                html.Label(className="field field-wide", children=[
+                    html.Span("Finished analyses", className="field-label"),
+                    dcc.Dropdown(id="cmp-ids", multi=True, value=ids,
+                                 options=[{"label": i, "value": i} for i in ids],
+                                 placeholder="Pick analyses…", className="dropdown")]),
+                html.Label(className="field", children=[
+                    html.Span("…or paste ids / permalinks (Enter)", className="field-label"),
+                    dcc.Input(id="cmp-paste", type="text", className="input", placeholder="a1b2c3…, d4e5f6…")]),
+                html.Label(className="field", children=[
+                    html.Span("Tolerance", className="field-label"),
+                    dcc.Dropdown(id="cmp-tol", value=t, clearable=False, className="dropdown",
+                                 options=[{"label": N.fmt_tol(x), "value": x} for x in N.EXACT_TOLERANCES])]),
+            ]),
+        ),
+        card(dcc.Graph(id="cmp-fig", figure=F.empty("Pick finished analyses to compare."),
+                       config={"displaylogo": False}),
+             html.Div(id="cmp-table")),
+    ])
+
+
+def numbers_table(ids: list[str], analyses: list, t: float):
+    cols = [x for x in N.EXACT_TOLERANCES]
+    head = [html.Th("Pair"), html.Th("Elements", className="num")] + [
+        html.Th(N.fmt_tol(x), className="num" + (" col-current" if x == t else "")) for x in cols] + [
+        html.Th("Study (1e-5)", className="num"), html.Th("Mean rank", className="num")]
+    rows = []
+    for aid, a in zip(ids, analyses):
+        if isinstance(a, Exception) or not (a.get("result")):
+            why = message(a) if isinstance(a, Exception) else f"status: {a.get('status')}"
+            rows.append(html.Tr([html.Td(html.A(aid, href=f"/a/{aid}")),
+                                 html.Td(why, colSpan=len(cols) + 3, className="muted")]))
+            continue
+        r = a["result"]
+        summary = r.get("summary") or {}
+        ref = ((r.get("reference") or {}).get("sparsity") or {}).get("1e-05")
+        cells = []
+        for x in cols:
+            s, _ = N.result_sparsity(r, x)
+            cells.append(html.Td(N.fmt_pct(s), className="num" + (" col-current" if x == t else "")))
+        rows.append(html.Tr([
+            html.Td(dcc.Link(label(a), href=f"/a/{aid}", className="pair-link")),
+            html.Td(N.fmt_int(summary.get("numel")), className="num"), *cells,
+            html.Td(f"{ref:.2f} %" if ref is not None else "–", className="num ref"),
+            html.Td(N.fmt_pct(N.mean_rank(r), 1) if N.mean_rank(r) is not None else "–", className="num"),
+        ], **{"data-id": aid}))
+    return html.Div(className="table-scroll", children=html.Table(
+        className="table", id="compare-table",
+        children=[html.Thead(html.Tr(head)), html.Tbody(rows)]))
+
+
+def register(app, api):
+    @app.callback(Output("cmp-ids", "value", allow_duplicate=True), Output("cmp-paste", "value"),
+                  Input("cmp-paste", "n_submit"), State("cmp-paste", "value"), State("cmp-ids", "value"),
+                  prevent_initial_call=True)
+    def paste(_n, text, current):
+        return list(current or []) + [i for i in parse_ids(text) if i not in (current or [])], ""
+
+    @app.callback(
+        Output("cmp-fig", "figure"), Output("cmp-table", "children"), Output("cmp-ids", "options"),
+        Output("url", "search", allow_duplicate=True),
+        Input("cmp-ids", "value"), Input("cmp-tol", "value"), State("url", "search"),
+        prevent_initial_call="initial_duplicate",
+    )
+    async def render(ids, t, search):
+        ids = list(ids or [])
+        try:
+            opts = await options(api, ids)
+        except Exception as err:  # noqa: BLE001 - shown on the page
+            return F.empty("The API is unavailable."), notice(message(err), "error"), [], no_update
+        analyses = await fetch_many(api, ids)
+        items = [(label(a), a.get("result")) for a in analyses
+                 if not isinstance(a, Exception) and a.get("result")]
+        new_search = f"?ids={','.join(ids)}&t={N.fmt_tol(t)}" if ids else f"?t={N.fmt_tol(t)}"
+        table = numbers_table(ids, analyses, t) if ids else None
+        return (F.compare_bars(items, t), table, opts,
+                no_update if search == new_search else new_search)
