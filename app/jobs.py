@@ -19,6 +19,7 @@ from rq import Queue, Retry
 
 from app.settings import Settings
 from app.store import Store
+from app.token_seal import seal
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def submit_analysis(r: Redis, settings: Settings, *, base: str, tuned: str,
     try:
         store.set_fields(aid, specs=specs)
         if token:
-            store.put_token(aid, token, settings.token_ttl_seconds)
+            store.put_token(aid, seal(settings, token), settings.token_ttl_seconds)
         enqueue_analysis(r, settings, aid, total_bytes)
     except Exception:
         if created == 1:

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     )
     job_timeout_per_gb: float = Field(
         default=600.0, description="RQ job timeout, in seconds per GB of checkpoint (min 10 min)."
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Seals users' Hub tokens while they wait in Redis; set the same value on every machine "
+        "(default: a random key in <data_dir>/secret.key).",
     )
     token_ttl_seconds: int = Field(
         default=3600, description="A user's Hub token is held for the worker at most this long."

@@ -23,6 +23,7 @@ from rq.timeouts import JobTimeoutException
 
 from app.settings import get_settings
 from app.store import ALIVE_REFRESH_S, DONE, FAILED, QUEUED, Store, connect
+from app.token_seal import unseal
 from worker.engine import (
     AnalysisOptions,
     EngineError,
@@ -152,7 +153,7 @@ def run_analysis(analysis_id: str) -> str:
 
 
 def _compute(store: Store, settings, aid: str, request: dict, specs: dict, resume: dict, beat: _Heartbeat) -> dict:
-    token = store.get_token(aid) or settings.hf_token
+    token = unseal(settings, store.get_token(aid)) or settings.hf_token
     base = _reopen(specs["base"], token)
     try:
         tuned = _reopen(specs["tuned"], token)

@@ -83,9 +83,9 @@ def test_token_is_used_and_leaves_no_trace(hub_svc):
         contents = redis_contents(svc.redis)
         jobs = {k for k, _ in contents if k.startswith(b"rq:job:")}
         assert len(jobs) >= 2, "RQ's job hashes were not there to scan"
-        # While queued, each token sits in its short-lived hand-over key and nowhere else.
-        assert holders(svc, TOKEN) == [f"subnetscope:token:{aid}"]
-        assert holders(svc, TOKEN_REVOCABLE) == [f"subnetscope:token:{revoked}"]
+        # While queued, each token waits sealed in its short-lived hand-over key: in clear nowhere.
+        assert holders(svc, TOKEN) == [] and holders(svc, TOKEN_REVOCABLE) == []
+        assert svc.redis.exists(f"subnetscope:token:{aid}", f"subnetscope:token:{revoked}") == 2
         assert 0 < svc.redis.ttl(f"subnetscope:token:{aid}") <= 3600
     finally:
         svc.start_worker()
