@@ -70,6 +70,13 @@ def _analyze_one(base_text: str, tuned_text: str, args, masks_dir: Path | None) 
             close()
 
 
+def _emit(result: dict, json_path: Path | None, table) -> None:
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=1))
+    print(table(result))
+
+
 def _fail(exc) -> int:
     print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
     return 2
@@ -82,10 +89,7 @@ def run_analyze(args) -> int:
         result = _analyze_one(args.base, args.tuned, args, args.masks)
     except EngineError as exc:
         return _fail(exc)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
-    print(summary_table(result))
+    _emit(result, args.json, summary_table)
     return 0
 
 
@@ -105,10 +109,7 @@ def run_overlap(args) -> int:
             result = overlap(files, labels=args.tuned)
     except EngineError as exc:
         return _fail(exc)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
-    print(overlap_table(result))
+    _emit(result, args.json, overlap_table)
     return 0
 
 

@@ -7,12 +7,11 @@ revision and read headers) and the worker (to read the weights).
 
 from __future__ import annotations
 
-import zlib
-
 import pytest
 
 from api import submit, wait_for
 from hub_service import BASE, GATED, GATED_REVOCABLE, TOKEN, TOKEN_REVOCABLE, hub_and_service
+from redis_scan import redis_contents, secret_holders
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -23,45 +22,8 @@ def hub_svc(tmp_path_factory):
         yield hub, svc
 
 
-def redis_contents(r) -> list[tuple[bytes, bytes]]:
-    """(key, value) for every key and every value in Redis, RQ's job hashes included.
-
-    RQ stores a job's function call zlib-compressed in its hash (`data`), so each value
-    is also scanned decompressed.
-    """
-    out = []
-    for key in r.scan_iter(count=1000):
-        kind = r.type(key).decode()
-        if kind == "string":
-            values = [r.get(key)]
-        elif kind == "hash":
-            values = [x for kv in r.hgetall(key).items() for x in kv]
-        elif kind == "list":
-            values = r.lrange(key, 0, -1)
-        elif kind == "set":
-            values = list(r.smembers(key))
-        elif kind == "zset":
-            values = [m for m, _ in r.zrange(key, 0, -1, withscores=True)]
-        elif kind == "none":  # expired or deleted between SCAN and TYPE
-            continue
-        elif kind == "stream":
-            values = [x for _, fields in r.xrange(key) for kv in fields.items() for x in kv]
-        else:
-            raise AssertionError(f"unscanned Redis type {kind} for {key!r}")
-        out.append((key, key))
-        for v in values:
-            if v is None:
-                continue
-            out.append((key, v))
-            try:
-                out.append((key, zlib.decompress(v)))
-            except zlib.error:
-                pass
-    return out
-
-
 def holders(svc, secret: str) -> list[str]:
-    return sorted({k.decode() for k, v in redis_contents(svc.redis) if secret.encode() in v})
+    return secret_holders(svc.redis, secret)
 
 
 def test_token_is_used_and_leaves_no_trace(hub_svc):
