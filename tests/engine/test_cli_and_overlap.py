@@ -31,7 +31,7 @@ def test_demo_family_shows_dense_sft_and_sparse_rl(demo, tmp_path):
         assert proc.returncode == 0, proc.stderr
         assert "1e-05" in proc.stdout and "sparsity" in proc.stdout
         out[name] = json.loads((tmp_path / f"{name}.json").read_text())
-    assert out["sft"]["summary"]["sparsity"]["1e-05"] < 0.3  # SFT: most weights moved
+    assert out["sft"]["summary"]["sparsity"]["1e-05"] < 0.15  # SFT: nearly every weight moved
     assert 0.7 < out["rl_a"]["summary"]["sparsity"]["1e-05"] < 0.95  # RL: 5-30% moved
     r = out["rl_a"]
     assert set(r["summary"]["changed"]) == {"0.0", "1e-08", "1e-07", "1e-06", "1e-05", "0.0001", "0.001"}

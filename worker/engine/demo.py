@@ -48,10 +48,10 @@ def _base(gen: torch.Generator) -> dict[str, torch.Tensor]:
     return state
 
 
-def _moved(w: torch.Tensor, where: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Move the selected weights: most by a small relative step, a third by one bf16 step."""
+def _moved(w: torch.Tensor, where: torch.Tensor, gen: torch.Generator, scale: float) -> torch.Tensor:
+    """Move the selected weights: most by a relative step of about `scale`, a third by one bf16 step."""
     x = w.float()
-    step = x * (torch.randn(x.shape, generator=gen) * 0.02)
+    step = x * (torch.randn(x.shape, generator=gen) * scale)
     moved = (x + step).to(torch.bfloat16)
     one_ulp = torch.nextafter(w, torch.full_like(w, 1.0))  # exactly one representable step up
     pick_ulp = torch.rand(x.shape, generator=gen) < 0.33
@@ -59,8 +59,8 @@ def _moved(w: torch.Tensor, where: torch.Tensor, gen: torch.Generator) -> torch.
     return torch.where(where, new, w)
 
 
-def _update(base: dict, gen: torch.Generator, select) -> dict:
-    return {name: _moved(w, select(name, w), gen) for name, w in base.items()}
+def _update(base: dict, gen: torch.Generator, select, scale: float = 0.02) -> dict:
+    return {name: _moved(w, select(name, w), gen, scale) for name, w in base.items()}
 
 
 def write_checkpoint(directory: Path, state: dict, config: dict) -> Path:
@@ -84,7 +84,8 @@ def write_demo(directory: Path) -> dict[str, Path]:
             return core[name] | (torch.rand(w.shape, generator=gen) < seed_extra)
         return select
 
-    sft = _update(base, gen, lambda name, w: torch.rand(w.shape, generator=gen) < 0.97)
+    # SFT: nearly every weight, by steps large enough to survive bf16 rounding.
+    sft = _update(base, gen, lambda name, w: torch.rand(w.shape, generator=gen) < 0.97, scale=0.1)
     rl_a = _update(base, gen, rl(0.08))
     rl_b = _update(base, gen, rl(0.06))
     resized = _update(base, gen, rl(0.07))
