@@ -87,7 +87,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                 access_log=True, proxy_headers=True)
         server = uvicorn.Server(config)
         log.info("Subnetscope at http://%s:%d (API docs at /docs)", settings.host, settings.port)
-        server.run()  # returns after SIGINT/SIGTERM
+        try:
+            server.run()  # returns after SIGTERM
+        except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after a clean shutdown
+            pass
     finally:
         if embedded is not None:
             log.info("stopping the embedded worker(s) and Redis")
