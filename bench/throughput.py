@@ -415,10 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'tolerance':>10}{'sparsity ours':>15}{'study':>10}{'exact':>10}")
     numel = exact["numel"]
+    def sp(m: dict | None, t: str) -> str:
+        return f"{100 * (1 - m['changed'][t] / numel):.4f}" if m else "-"
+
     for t in (repr(t) for t in STUDY_TOLERANCES):
-        def sp(m: dict | None) -> str:
-            return f"{100 * (1 - m['changed'][t] / numel):.4f}" if m else "-"
-        print(f"{t:>10}{sp(M.get('ours')):>15}{sp(M.get('study')):>10}{sp(exact):>10}")
+        print(f"{t:>10}{sp(M.get('ours'), t):>15}{sp(M.get('study'), t):>10}{sp(exact, t):>10}")
 
     for m in M.values():
         m.pop("output_tail", None)

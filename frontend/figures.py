@@ -312,7 +312,6 @@ def venn(overlap: Mapping) -> go.Figure:
 
 def overlap_bars(overlap: Mapping) -> go.Figure:
     """o1, o2, Jaccard beside what two random subsets of the same sizes would give."""
-    labels = overlap.get("labels") or ["A", "B"]
     names = ["o1 = |A∩B|/|A|", "o2 = |A∩B|/|B|", "Jaccard"]
     ours = [overlap.get("o1"), overlap.get("o2"), overlap.get("jaccard")]
     ra, rb = overlap.get("random_o1"), overlap.get("random_o2")

@@ -208,10 +208,6 @@ class HubSource(Source):
         data, _ = self._fetch(info.file, begin, end)
         return bytes_to_tensor(data, info, piece.start, piece.stop)
 
-    def release(self, piece: Piece) -> None:
-        if self._local is not None:
-            self._local.release(piece)
-
     def iter_pieces(self, pieces: Sequence[Piece]) -> Iterator[tuple[Piece, torch.Tensor]]:
         """The pieces in order, fetched ahead by up to `concurrency` requests within the prefetch budget."""
         if self._local is not None:

@@ -307,7 +307,7 @@ class LocalSource(Source):
     def iter_pieces(self, pieces: Sequence[Piece]) -> Iterator[tuple[Piece, torch.Tensor]]:
         # The kernel page-faults the mapping itself; the OS reads ahead what we announce.
         budget, ahead, announced = self.prefetch_bytes, 0, 0
-        for i, piece in enumerate(pieces):
+        for piece in pieces:
             while announced < len(pieces) and ahead < budget:
                 nxt = pieces[announced]
                 if nxt.stop > nxt.start:
