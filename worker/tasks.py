@@ -29,7 +29,6 @@ from worker.engine import (
     EngineError,
     SourceSpec,
     analyze,
-    check_compatible,
     open_source,
     overlap,
     parse_source,
@@ -168,7 +167,6 @@ def _compute(store: Store, settings, aid: str, request: dict, specs: dict, resum
                     f"The {role} checkpoint {src.spec.label} changed on disk since it was submitted; "
                     "submit it again to analyse the new files.",
                 )
-        check_compatible(base, tuned)
         options = AnalysisOptions(tolerance=float(request["tolerance"]), rank=request["rank"],
                                   device=settings.device)
         masks_dir = Path(settings.artifacts_dir) / aid

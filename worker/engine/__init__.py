@@ -1,6 +1,6 @@
 """The diff engine: plain Python + torch. Imports nothing of Redis, HTTP or Dash."""
 
-from worker.engine.analysis import ENGINE_VERSION, AnalysisOptions, Progress, analyze, build_result
+from worker.engine.analysis import ENGINE_VERSION, AnalysisOptions, Progress, analyze
 from worker.engine.demo import write_demo
 from worker.engine.errors import EngineError
 from worker.engine.kernel import CURVE_TOLERANCES, EXACT_TOLERANCES, tolerance_key
@@ -20,7 +20,6 @@ __all__ = [
     "Source",
     "SourceSpec",
     "analyze",
-    "build_result",
     "check_compatible",
     "load_masks",
     "open_source",

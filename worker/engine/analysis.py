@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -133,8 +133,9 @@ def analyze(
         on_progress(progress)
 
     by_name = {p.name: p for p in todo}
-    pieces = [piece for p in todo for piece in plan_pieces(p)]
-    remaining = {p.name: len(plan_pieces(p)) for p in todo}
+    plans = {p.name: plan_pieces(p) for p in todo}
+    pieces = [piece for plan in plans.values() for piece in plan]
+    remaining = {name: len(plan) for name, plan in plans.items()}
     state: dict = {"acc": None, "mask": None}
 
     def fold(piece: Piece, stats) -> None:
@@ -233,7 +234,7 @@ def _group(records: list[dict], key: str) -> list[dict]:
 
 def build_result(base: Source, tuned: Source, options: AnalysisOptions, records: list[dict],
                  unmatched: dict, warnings: list[str]) -> dict:
-    """The schema-1 result from per-tensor records (also used to rebuild a resumed run)."""
+    """The schema-1 result from per-tensor records."""
     numel = sum(r["numel"] for r in records)
     keys = list(records[0]["changed"]) if records else [tolerance_key(t) for t in EXACT_TOLERANCES]
     changed = {k: sum(r["changed"][k] for r in records) for k in keys}
@@ -282,7 +283,3 @@ def build_result(base: Source, tuned: Source, options: AnalysisOptions, records:
         "warnings": warnings,
         "reference": reference_for(base.spec.id, tuned.spec.id) if base.spec.kind == tuned.spec.kind == "hub" else None,
     }
-
-
-def options_dict(options: AnalysisOptions) -> dict:
-    return asdict(options)
