@@ -76,8 +76,8 @@ def list_item(row: dict[str, str | None]) -> dict:
     }
 
 
-SCALAR_COLUMNS = ("name", "layer", "module", "shape", "dtype", "tuned_dtype", "compare_dtype", "numel", "nan",
-                  "added", "row_coverage", "col_coverage", "delta_fro", "base_fro", "ratio", "max_abs_delta",
+SCALAR_COLUMNS = ("name", "stack", "layer", "module", "expert", "shape", "dtype", "tuned_dtype", "compare_dtype", "numel", "nan",
+                  "added", "removed", "row_coverage", "col_coverage", "delta_fro", "base_fro", "ratio", "max_abs_delta",
                   "rank", "rank_ratio")
 
 

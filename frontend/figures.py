@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from . import numbers as N
 from . import venn as V
@@ -106,74 +107,98 @@ def tolerance_curve(result: Mapping, view_t: float, metric: str = "sparsity") ->
 
 
 def layer_module_heatmap(tensors: Sequence[Mapping], curve_tolerances: Sequence[float] | None,
-                         t: float, metric: str = "sparsity", *, title: str | None = None,
-                         n_layers: int | None = None) -> go.Figure:
-    """Layers (rows) x module types (columns), element-weighted sparsity or
-    density at tolerance t. Works on partial tensor lists: missing cells stay blank."""
+                         t: float, metric: str = "sparsity", *, title: str | None = None) -> go.Figure:
+    """Layers (rows) x modules (columns), element-weighted sparsity or density at tolerance t,
+    one block per stack (encoder and decoder, vision tower and language model never share
+    rows), on one colour scale. Works on partial tensor lists: missing cells stay blank."""
     in_layers = [r for r in tensors if r.get("layer") is not None]
     if not in_layers:
         return empty("No per-layer tensors yet." if not tensors else
                      "No tensor names carry a layer index.")
-    groups = N.aggregate(in_layers, t, curve_tolerances)
-    layers = sorted({k[0] for k in groups})
-    if n_layers:
-        layers = list(range(max(n_layers, (layers[-1] + 1) if layers else 0)))
-    modules = _module_order({k[1] for k in groups})
-    z, text = [], []
-    for layer in layers:
-        zr, tr = [], []
-        for m in modules:
-            g = groups.get((layer, m))
-            if g is None:
-                zr.append(None)
-                tr.append("")
-                continue
-            v = _metric_value(g["sparsity"], metric)
-            zr.append(100 * v)
-            approx = "" if g["exact"] else "≈ "
-            tr.append(f"{approx}{100 * v:.3f} %<br>{N.fmt_int(g['changed'])} of "
-                      f"{N.fmt_int(g['numel'])} changed<br>{g['tensors']} tensor(s)")
-        z.append(zr)
-        text.append(tr)
+    groups = N.aggregate(in_layers, t, curve_tolerances, by=("stack", "layer", "module"))
+    stacks = sorted({k[0] for k in groups}, key=lambda s: s or "")
+    labels = N.stack_labels(stacks)
+    per_stack = {s: sorted({k[1] for k in groups if k[0] == s}) for s in stacks}
     label = "sparsity" if metric == "sparsity" else "density"
-    fig = go.Figure(go.Heatmap(
-        z=z, x=modules, y=[str(x) for x in layers], text=text, colorscale=HEATMAP_SCALE,
-        hoverongaps=False, xgap=1, ygap=1,
-        colorbar=dict(title=dict(text=f"{label} %", side="right"), thickness=12),
-        hovertemplate="layer %{y} · %{x}<br>%{text}<extra></extra>",
-    ))
-    fig.update_yaxes(title_text="layer", autorange="reversed", type="category",
-                     dtick=max(1, len(layers) // 20))
-    fig.update_xaxes(title_text="module", type="category", tickangle=-30)
-    height = max(260, min(900, 80 + 18 * len(layers)))
+    fig = make_subplots(rows=len(stacks), cols=1, vertical_spacing=min(0.08, 0.3 / len(stacks)),
+                        row_heights=[len(per_stack[s]) + 2 for s in stacks],
+                        subplot_titles=[labels[s] for s in stacks] if len(stacks) > 1 else None)
+    for row, stack in enumerate(stacks, start=1):
+        layers = per_stack[stack]
+        modules = _module_order({k[2] for k in groups if k[0] == stack})
+        z, text = [], []
+        for layer in layers:
+            zr, tr = [], []
+            for m in modules:
+                g = groups.get((stack, layer, m))
+                if g is None:
+                    zr.append(None)
+                    tr.append("")
+                    continue
+                v = _metric_value(g["sparsity"], metric)
+                zr.append(100 * v)
+                approx = "" if g["exact"] else "≈ "
+                tr.append(f"{approx}{100 * v:.3f} %<br>{N.fmt_int(g['changed'])} of "
+                          f"{N.fmt_int(g['numel'])} changed<br>{g['tensors']} tensor(s)")
+            z.append(zr)
+            text.append(tr)
+        fig.add_trace(go.Heatmap(
+            z=z, x=modules, y=[str(x) for x in layers], text=text, name=stack or "layers",
+            coloraxis="coloraxis", hoverongaps=False, xgap=1, ygap=1,
+            hovertemplate=f"{labels[stack]} %{{y}} · %{{x}}<br>%{{text}}<extra></extra>",
+        ), row=row, col=1)
+        fig.update_yaxes(title_text="layer", autorange="reversed", type="category",
+                         dtick=max(1, len(layers) // 20), row=row, col=1)
+        fig.update_xaxes(type="category", tickangle=-30, row=row, col=1)
+    fig.update_xaxes(title_text="module", row=len(stacks), col=1)
+    fig.update_layout(coloraxis=dict(colorscale=HEATMAP_SCALE, colorbar=dict(
+        title=dict(text=f"{label} %", side="right"), thickness=12)))
+    rows = sum(len(v) for v in per_stack.values())
+    height = max(260, min(1400, 80 + 18 * rows + 110 * (len(stacks) - 1)))
     return _layout(fig, title=title, height=height)
 
 
-_MODULE_ORDER = ("input_layernorm", "q_proj", "k_proj", "v_proj", "o_proj", "query", "key",
-                 "value", "dense", "post_attention_layernorm", "gate_proj", "up_proj", "down_proj")
+# Usual order of a block's modules, by a path's last part; modules under one parent
+# (self_attn.*, mlp.*) stay together, placed by their earliest member.
+_MODULE_ORDER = ("input_layernorm", "ln_1", "layer_norm", "q_proj", "k_proj", "v_proj", "qkv_proj", "c_attn",
+                 "query", "key", "value", "q", "k", "v", "o_proj", "o", "dense", "post_attention_layernorm", "ln_2",
+                 "gate", "gate_proj", "up_proj", "gate_up_proj", "c_fc", "w1", "w3", "wi", "down_proj", "c_proj",
+                 "w2", "wo")
 
 
 def _module_order(modules) -> list[str]:
     rank = {m: i for i, m in enumerate(_MODULE_ORDER)}
-    return sorted((m for m in modules if m is not None), key=lambda m: (rank.get(m, 99), m)) + (
-        ["(other)"] if None in modules else [])
+    present = [m for m in modules if m is not None]
+    split = {m: m.rsplit(".", 1) if "." in m else ["", m] for m in present}
+    leaf = {m: rank.get(split[m][1], len(rank)) for m in present}
+    first: dict[str, int] = {}
+    for m in present:
+        parent = split[m][0]
+        first[parent] = min(first.get(parent, leaf[m]), leaf[m])
+
+    def key(m: str) -> tuple:
+        parent = split[m][0]
+        return (leaf[m] if not parent else first[parent], parent, leaf[m], m)
+
+    return sorted(present, key=key) + (["(other)"] if None in modules else [])
 
 
 def layer_bars(tensors: Sequence[Mapping], curve_tolerances: Sequence[float] | None,
                t: float, metric: str = "sparsity") -> go.Figure:
-    """One bar per layer (plus tensors outside layers), element-weighted."""
+    """One bar per layer of each stack (plus tensors outside layers), element-weighted."""
     if not tensors:
         return empty("No tensors.")
-    groups = N.aggregate(tensors, t, curve_tolerances, by=("layer",))
-    keys = sorted((k for k in groups if k[0] is not None), key=lambda k: k[0])
-    if (None,) in groups:
-        keys.append((None,))
-    xs = [str(k[0]) if k[0] is not None else "outside" for k in keys]
+    groups = N.aggregate(tensors, t, curve_tolerances, by=("stack", "layer"))
+    keys = sorted((k for k in groups if k[1] is not None), key=lambda k: (k[0] or "", k[1]))
+    names = N.layer_names(keys)
+    if (None, None) in groups:
+        keys.append((None, None))
+        names.append("outside")
     ys = [100 * _metric_value(groups[k]["sparsity"], metric) for k in keys]
     hover = [f"{N.fmt_int(groups[k]['changed'])} of {N.fmt_int(groups[k]['numel'])} changed"
              + ("" if groups[k]["exact"] else " (≈)") for k in keys]
     label = "Sparsity" if metric == "sparsity" else "Density"
-    fig = go.Figure(go.Bar(x=xs, y=ys, marker_color=ACCENT, customdata=hover,
+    fig = go.Figure(go.Bar(x=names, y=ys, marker_color=ACCENT, customdata=hover,
                            hovertemplate="layer %{x}<br>" + label
                            + " %{y:.3f} %<br>%{customdata}<extra></extra>"))
     lo = min((y for y in ys if not math.isnan(y)), default=0)
@@ -214,13 +239,16 @@ def rank_chart(result: Mapping) -> go.Figure:
         return empty(f"Update rank not computed (rank mode: {mode}). "
                      "Submit with rank 'sampled' or 'all' to see it.")
     modules = _module_order({r.get("module") for r in rows})
+    keys = sorted({(r.get("stack"), r["layer"]) for r in rows if r.get("layer") is not None},
+                  key=lambda k: (k[0] or "", k[1]))
+    where = dict(zip(keys, N.layer_names(keys)))
     fig = go.Figure()
     palette = ["#2563eb", "#d97706", "#059669", "#dc2626", "#7c3aed", "#0891b2", "#be185d",
                "#65a30d", "#475569"]
     for i, m in enumerate(modules):
         sel = [r for r in rows if (r.get("module") or "(other)") == m]
         fig.add_trace(go.Scatter(
-            x=[r["layer"] if r.get("layer") is not None else -1 for r in sel],
+            x=[where.get((r.get("stack"), r.get("layer")), "outside") for r in sel],
             y=[100 * r["rank_ratio"] for r in sel], mode="markers", name=m,
             marker=dict(size=8, color=palette[i % len(palette)], opacity=0.85),
             text=[f"{r['name']}<br>rank {r.get('rank')} of {min(r['shape']) if r.get('shape') else '?'}"
@@ -232,7 +260,8 @@ def rank_chart(result: Mapping) -> go.Figure:
         fig.add_hline(y=100 * rank["mean"], line=dict(color=MUTED, dash="dash"),
                       annotation_text=f"mean {100 * rank['mean']:.1f} %",
                       annotation_position="bottom right")
-    fig.update_xaxes(title_text="layer (−1: outside layers)")
+    fig.update_xaxes(title_text="layer", type="category", categoryorder="array",
+                     categoryarray=[*where.values(), "outside"])
     fig.update_yaxes(title_text="rank(Δ) / min(m, n)  (%)", range=[0, 105])
     return _layout(fig, height=340, legend=dict(orientation="h", y=-0.25))
 
@@ -334,14 +363,15 @@ def overlap_layer_heatmap(overlap: Mapping) -> go.Figure:
     layers = [l for l in overlap.get("layers") or [] if l.get("layer") is not None]
     if not layers:
         return empty("No per-layer overlap.")
-    layers.sort(key=lambda l: l["layer"])
+    layers.sort(key=lambda l: (l.get("stack") or "", l["layer"]))
+    names = N.layer_names([(l.get("stack"), l["layer"]) for l in layers])
     rows = [("o1", "o1"), ("o2", "o2"), ("jaccard", "Jaccard"),
             ("random_o1", "random o1"), ("random_o2", "random o2")]
     z = [[None if l.get(k) is None else 100 * l[k] for l in layers] for k, _ in rows]
     text = [[f"A {N.fmt_int(l.get('a_changed'))} · B {N.fmt_int(l.get('b_changed'))} · both "
              f"{N.fmt_int(l.get('both'))}" for l in layers] for _ in rows]
     fig = go.Figure(go.Heatmap(
-        z=z, x=[str(l["layer"]) for l in layers], y=[name for _, name in rows], text=text,
+        z=z, x=names, y=[name for _, name in rows], text=text,
         colorscale=HEATMAP_SCALE, zmin=0, zmax=100, xgap=1, ygap=1,
         colorbar=dict(title=dict(text="%", side="right"), thickness=12),
         hovertemplate="layer %{x} · %{y}: %{z:.2f} %<br>%{text}<extra></extra>",

@@ -150,6 +150,30 @@ def mean_rank(result: Mapping) -> float | None:
     return rank.get("mean")
 
 
+def stack_labels(stacks) -> dict:
+    """Short names of layer stacks: the parts they do not all share ("model.language_model.layers"
+    and "model.vision_tower.vision_model.encoder.layers" -> "language_model.layers", ...)."""
+    named = [s for s in stacks if s]
+    split = [s.split(".") for s in named]
+    common = 0
+    if len(split) > 1:
+        while all(len(p) > common + 1 and p[common] == split[0][common] for p in split):
+            common += 1
+    out = {s: ".".join(p[common:]) for s, p in zip(named, split)}
+    if None in stacks:
+        out[None] = "layers"
+    return out
+
+
+def layer_names(keys) -> list[str]:
+    """Axis labels of (stack, layer) keys: the index alone when there is one stack."""
+    stacks = {k[0] for k in keys}
+    if len(stacks) <= 1:
+        return [str(k[1]) for k in keys]
+    labels = stack_labels(stacks)
+    return [f"{labels[k[0]]} {k[1]}" for k in keys]
+
+
 def aggregate(tensors: Sequence[Mapping], t: float, curve_tolerances: Sequence[float] | None,
               by: tuple[str, ...] = ("layer", "module")) -> dict[tuple, dict]:
     """Element-weighted totals of tensor records grouped by `by` fields, at tolerance t."""
@@ -176,6 +200,7 @@ def tensor_rows(tensors: Sequence[Mapping], t: float, curve_tolerances: Sequence
         numel = rec.get("numel") or 0
         rows.append({
             "name": rec.get("name"),
+            "stack": rec.get("stack"),
             "layer": rec.get("layer"),
             "module": rec.get("module"),
             "shape": "×".join(str(s) for s in rec.get("shape") or []),

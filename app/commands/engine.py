@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -10,11 +11,25 @@ from pathlib import Path
 RANK_MODES = ("off", "sampled", "all")
 
 
+def tolerance(text: str) -> float:
+    """argparse type of --tolerance: a finite number >= 0 (nan, inf and negatives are refused)."""
+    import math
+
+    try:
+        t = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(t) or t < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the tolerance must be a finite number >= 0")
+    return t + 0.0
+
+
 def register(sub) -> None:
     p = sub.add_parser("analyze", help="diff a finetuned checkpoint against its base")
     p.add_argument("base", help="Hub id (org/name or org/name@rev) or a local directory")
     p.add_argument("tuned", help="Hub id (org/name or org/name@rev) or a local directory")
-    p.add_argument("--tolerance", type=float, default=1e-5, help="changed iff |delta| > tolerance (default 1e-5)")
+    p.add_argument("--tolerance", type=tolerance, default=1e-5,
+                   help="changed iff |delta| > tolerance; a finite number >= 0 (default 1e-5)")
     p.add_argument("--rank", choices=RANK_MODES, default="off", help="update rank of 2-D weights (default off)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN)")
@@ -26,7 +41,7 @@ def register(sub) -> None:
     o = sub.add_parser("overlap", help="subnetwork overlap of two (or three) finetunes of one base")
     o.add_argument("base")
     o.add_argument("tuned", nargs="+", metavar="TUNED", help="two or three finetuned checkpoints")
-    o.add_argument("--tolerance", type=float, default=1e-5)
+    o.add_argument("--tolerance", type=tolerance, default=1e-5, help="a finite number >= 0 (default 1e-5)")
     o.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     o.add_argument("--token", default=None)
     o.add_argument("--json", type=Path, default=None)

@@ -218,7 +218,8 @@ def cards(result: dict, t: float):
              f"{N.fmt_int((summary.get('changed') or {}).get('0.0'))} elements differ at all"),
         stat("Elements compared", html.Span(N.fmt_int(numel), id="stat-numel"),
              f"in {summary.get('tensors', len(result.get('tensors') or []))} tensors"
-             + (f"; {N.fmt_int(summary['added'])} added rows not compared" if summary.get("added") else "")),
+             + (f"; {N.fmt_int(summary['added'])} added rows not compared" if summary.get("added") else "")
+             + (f"; {N.fmt_int(summary['removed'])} removed rows not compared" if summary.get("removed") else "")),
         stat(f"Changed at t = {N.fmt_tol(t)}", html.Span(approx + N.fmt_int(changed), id="stat-changed"),
              f"density {approx}{N.fmt_pct(1 - s) if not math.isnan(s) else '–'}"),
         stat("Mean update rank", html.Span(rank_val, id="stat-rank"), rank_sub or f"rank mode: {rank.get('mode', 'off')}"),
@@ -257,11 +258,13 @@ def warnings_block(result: dict):
         ours.append(f"{len(names)} tensor(s) differ in shape and were not compared: {listing(names)}.")
     for r in um.get("resized") or []:
         if r["name"] not in said:
+            extra = (f"{N.fmt_int(r.get('removed'))} removed" if r.get("removed") and not r.get("added")
+                     else f"{N.fmt_int(r.get('added'))} added")
             ours.append(f"{r['name']} was resized {r.get('base_shape')} → {r.get('tuned_shape')}: common rows "
-                        f"compared, {N.fmt_int(r.get('added'))} added elements reported separately.")
+                        f"compared, {extra} elements reported separately.")
     if names := new_names(um.get("dtype_mismatch"), "name"):
         ours.append(f"{len(names)} tensor(s) changed dtype; both sides were cast to the narrower one "
-                    f"before comparing: {listing(names)}.")
+                    f"(float32 for equal widths, e.g. bf16 vs fp16) before comparing: {listing(names)}.")
     if names := new_names(um.get("tied")):
         ours.append(f"{len(names)} tied tensor(s) counted once: {listing(names)}.")
     items = list(dict.fromkeys(engine + ours))
@@ -295,7 +298,7 @@ def exact_table(result: dict, t: float):
 
 
 TABLE_COLUMNS = [
-    ("name", "tensor", "text"), ("layer", "layer", "numeric"), ("module", "module", "text"),
+    ("name", "tensor", "text"), ("stack", "stack", "text"), ("layer", "layer", "numeric"), ("module", "module", "text"),
     ("shape", "shape", "text"), ("dtype", "dtype", "text"), ("numel", "elements", "numeric"),
     ("changed", "changed at t", "numeric"), ("sparsity", "sparsity %", "numeric"),
     ("exact_changed", "changed at 0", "numeric"), ("row_coverage", "row cov.", "numeric"),
@@ -316,7 +319,7 @@ def tensor_table(result: dict, t: float):
                     "textAlign": "right", "maxWidth": "420px", "overflow": "hidden",
                     "textOverflow": "ellipsis"},
         style_cell_conditional=[{"if": {"column_id": c}, "textAlign": "left"}
-                                for c in ("name", "module", "shape", "dtype")],
+                                for c in ("name", "stack", "module", "shape", "dtype")],
         style_header={"fontWeight": "600", "backgroundColor": "#f8fafc", "color": "#334155"},
         tooltip_duration=None,
     )

@@ -11,11 +11,29 @@ import math
 import numpy as np
 import torch
 
-NARROW = {torch.float8_e4m3fn: 1, torch.float8_e5m2: 1, torch.bfloat16: 2, torch.float16: 2, torch.float32: 4, torch.float64: 8}
+# Compared dtypes and their widths; anything else (F64, integers) is unsupported.
+NARROW = {torch.float8_e4m3fn: 1, torch.float8_e5m2: 1, torch.bfloat16: 2, torch.float16: 2, torch.float32: 4}
 
 
-def compare_dtype(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+def compare_dtype(a: torch.dtype, b: torch.dtype) -> torch.dtype | None:
+    """metrics.md: same dtype as is; equal width (bf16 vs fp16) in float32; else the narrower.
+
+    None: not compared (F64 or an integer dtype on either side).
+    """
+    if a not in NARROW or b not in NARROW:
+        return None
+    if a == b:
+        return a
+    if NARROW[a] == NARROW[b]:
+        return torch.float32
     return a if NARROW[a] < NARROW[b] else b
+
+
+def as_compared(base: torch.Tensor, tuned: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both sides cast to their compare dtype (round to nearest even), as the engine must compare them."""
+    dtype = compare_dtype(base.dtype, tuned.dtype)
+    assert dtype is not None, (base.dtype, tuned.dtype)
+    return base.to(dtype), tuned.to(dtype)
 
 
 def delta64(base: torch.Tensor, tuned: torch.Tensor) -> torch.Tensor:
@@ -49,14 +67,14 @@ def ulp_histogram(base, tuned, buckets: int = 33) -> list[int]:
 
 def tensor_stats(base: torch.Tensor, tuned: torch.Tensor, tolerances, chosen: float, want_rank=False) -> dict:
     d = delta64(base, tuned)
-    finite = torch.nan_to_num(d, nan=0.0)
+    finite = torch.where(torch.isnan(d), 0.0, d)  # NaN adds nothing; an infinite delta stays infinite
     mask = changed_mask(base, tuned, chosen)
     out = {
         "numel": base.numel(),
         "changed": {repr(float(t)): int(changed_mask(base, tuned, t).sum()) for t in tolerances},
         "nan": int(torch.isnan(d).sum()),
         "delta_fro": math.sqrt(float((finite**2).sum())),
-        "base_fro": math.sqrt(float((torch.nan_to_num(base.double()) ** 2).sum())),
+        "base_fro": math.sqrt(float((torch.where(torch.isnan(base.double()), 0.0, base.double()) ** 2).sum())),
         "max_abs_delta": float(finite.abs().max()) if base.numel() else 0.0,
         "ulp": ulp_histogram(base, tuned),
         "mask": mask,

@@ -5,13 +5,25 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
-from reference import compare_dtype, tensor_stats
-from worker.engine import CURVE_TOLERANCES, EXACT_TOLERANCES, AnalysisOptions, analyze, load_masks, open_source, parse_source
+from reference import as_compared, changed_mask, compare_dtype, tensor_stats
+from worker.engine import (
+    CURVE_TOLERANCES,
+    EXACT_TOLERANCES,
+    AnalysisOptions,
+    EngineError,
+    analyze,
+    load_masks,
+    open_source,
+    parse_source,
+)
 from worker.engine import analysis as analysis_module
+from worker.engine.kernel import Kernel
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn, torch.float8_e5m2]
 
@@ -65,12 +77,13 @@ def assert_matches(record, ref, tolerances):
     assert record["numel"] == ref["numel"]
     assert record["nan"] == ref["nan"]
     assert record["ulp"] == ref["ulp"], record["name"]
-    assert record["delta_fro"] == pytest.approx(ref["delta_fro"], rel=1e-5, abs=1e-30)
-    assert record["base_fro"] == pytest.approx(ref["base_fro"], rel=1e-5, abs=1e-30)
-    assert record["max_abs_delta"] == pytest.approx(ref["max_abs_delta"], rel=1e-6, abs=1e-30)
+    # float64 sums of exact float64 terms: they differ from the reference's only in summation order
+    assert math.isclose(record["delta_fro"], ref["delta_fro"], rel_tol=1e-12), (record["delta_fro"], ref["delta_fro"])
+    assert math.isclose(record["base_fro"], ref["base_fro"], rel_tol=1e-12), (record["base_fro"], ref["base_fro"])
+    assert record["max_abs_delta"] == ref["max_abs_delta"]  # an exact delta
     if "row_coverage" in ref:
-        assert record["row_coverage"] == pytest.approx(ref["row_coverage"])
-        assert record["col_coverage"] == pytest.approx(ref["col_coverage"])
+        assert record["row_coverage"] == ref["row_coverage"]
+        assert record["col_coverage"] == ref["col_coverage"]
 
 
 @pytest.fixture(autouse=True, params=["fused", "torch"])
@@ -153,9 +166,10 @@ def test_dtype_mismatch_compares_in_the_narrower_dtype(tmp_path):
     result = run(tmp_path, {"w": b32}, {"w": u16}, masks=False)
     rec = result["tensors"][0]
     assert rec["compare_dtype"] == "bfloat16" and result["summary"]["dtype_mismatch"]
-    ref = tensor_stats(b32.to(torch.bfloat16), u16, EXACT_TOLERANCES, 1e-5)
-    assert rec["changed"] == {k: v for k, v in ref["changed"].items()}
-    assert compare_dtype(torch.float32, torch.bfloat16) == torch.bfloat16
+    assert_matches(rec, tensor_stats(*as_compared(b32, u16), EXACT_TOLERANCES, 1e-5), EXACT_TOLERANCES)
+    assert result["unmatched"]["dtype_mismatch"] == [
+        {"name": "w", "base_dtype": "F32", "tuned_dtype": "BF16", "compare_dtype": "bfloat16"}]
+    assert any("narrower dtype" in w for w in result["warnings"])
 
 
 def test_vocab_resize_compares_common_rows_and_reports_added(tmp_path, small_pieces):
@@ -166,7 +180,8 @@ def test_vocab_resize_compares_common_rows_and_reports_added(tmp_path, small_pie
     ref = tensor_stats(b, u, EXACT_TOLERANCES, 1e-5)
     assert rec["changed"] == ref["changed"] and rec["numel"] == 50 * 12
     assert rec["added"] == 6 * 12 and result["summary"]["added"] == 72
-    assert result["unmatched"]["resized"][0]["added"] == 72
+    assert rec["removed"] == 0 and result["summary"]["removed"] == 0
+    assert result["unmatched"]["resized"][0]["added"] == 72 and result["unmatched"]["resized"][0]["removed"] == 0
     assert load_masks(tmp_path / "masks" / "masks.safetensors")["model.embed_tokens.weight"].shape == (50, 12)
 
 
@@ -230,12 +245,163 @@ def test_layer_and_module_tables_sum_the_tensors(tmp_path):
              "model.layers.1.self_attn.q_proj.weight", "model.norm.weight"]
     pairs = {n: realistic_pair((8, 8) if "proj" in n else (8,), torch.bfloat16, seed=i) for i, n in enumerate(names)}
     result = run(tmp_path, {n: p[0] for n, p in pairs.items()}, {n: p[1] for n, p in pairs.items()}, masks=False)
-    layers = {l["layer"]: l for l in result["layers"]}
-    assert set(layers) == {0, 1, None}
+    layers = {(l["stack"], l["layer"]): l for l in result["layers"]}
+    assert list(layers) == [("model.layers", 0), ("model.layers", 1), (None, None)]
+    layers = {k[1]: v for k, v in layers.items()}
     recs = {r["name"]: r for r in result["tensors"]}
     assert layers[0]["changed"]["1e-05"] == recs[names[0]]["changed"]["1e-05"] + recs[names[1]]["changed"]["1e-05"]
     modules = {m["module"]: m for m in result["modules"]}
-    assert modules["q_proj"]["numel"] == 128 and modules["final_norm"]["numel"] == 8
+    assert modules["self_attn.q_proj"]["numel"] == 128 and modules["model.norm"]["numel"] == 8
     s = result["summary"]
     assert s["sparsity"]["1e-05"] == pytest.approx(1 - s["changed"]["1e-05"] / s["numel"])
     assert math.isclose(sum(l["numel"] for l in result["layers"]), s["numel"])
+
+
+def _kernel_count(base, tuned, t):
+    """(changed at t through the tolerance table, through the chosen-tolerance mask) of one piece."""
+    kernel = Kernel([t], t, torch.device("cpu"))
+    acc = kernel.start("x", tuple(base.shape), base.dtype, False)
+    piece = kernel.measure(base, tuned, base.dtype, None, False)
+    kernel.fold(acc, piece)
+    return kernel.finish(acc)["changed"][repr(t)], int(piece.mask.sum())
+
+
+# (base, tuned) values whose exact difference needs more bits than float32 has.
+FAR_APART = [(2.0**-40, 2.0**-10), (-(2.0**-30), 0.5), (2.0**-24, 2.0**15)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("base_value, tuned_value", FAR_APART)
+def test_delta_is_exact_when_exponents_are_far_apart(tmp_path, dtype, base_value, tuned_value):
+    """|Delta| > t decided on the exact difference, also where a float32 difference would round."""
+    b = torch.tensor([base_value, tuned_value, base_value], dtype=dtype)
+    u = torch.tensor([tuned_value, base_value, base_value], dtype=dtype)
+    exact = float(u[0].double() - b[0].double())  # the stored values' difference, exact in float64
+    edge = abs(tuned_value)  # t at the larger value: float32 would round |Delta| onto it
+    tolerances = {np.nextafter(exact, 0.0), exact, np.nextafter(exact, math.inf),
+                  np.nextafter(edge, 0.0), edge, np.nextafter(edge, math.inf)}
+    for t in sorted(float(t) for t in tolerances):
+        want = 2 * int(abs(exact) > t)  # the first two elements move by +-exact, the third not at all
+        assert want == int(changed_mask(b, u, t).sum())  # the reference agrees
+        assert _kernel_count(b, u, t) == (want, want), (t, exact)
+    result = run(tmp_path, {"w": b}, {"w": u}, tolerance=exact, masks=False)  # the whole path, at t = |Delta|
+    assert result["summary"]["changed"][repr(exact)] == 0
+    assert result["tensors"][0]["max_abs_delta"] == exact
+
+
+def test_norms_accumulate_in_float64(tmp_path, small_pieces):
+    """Many pieces of tiny and large squares: a float32 sum would be off by far more than 1e-12."""
+    g = torch.Generator().manual_seed(9)
+    base = (torch.randn(90, 70, generator=g) * torch.logspace(-6, 1, 70)).to(torch.bfloat16)
+    tuned = torch.where(torch.rand(90, 70, generator=g) < 0.5, base, torch.nextafter(base, torch.zeros_like(base)))
+    result = run(tmp_path, {"w": base}, {"w": tuned}, masks=False)
+    assert_matches(result["tensors"][0], tensor_stats(base, tuned, EXACT_TOLERANCES, 1e-5), EXACT_TOLERANCES)
+    s = result["summary"]
+    assert math.isclose(s["delta_fro"], result["tensors"][0]["delta_fro"], rel_tol=1e-15)
+
+
+def test_bf16_against_fp16_compares_in_float32_whichever_side_is_which(tmp_path):
+    b, u = realistic_pair((33, 17), torch.float32, seed=12)
+    b, u = b.to(torch.bfloat16), u.to(torch.float16)  # both sides exact in float32, neither in the other
+    assert compare_dtype(torch.bfloat16, torch.float16) == compare_dtype(torch.float16, torch.bfloat16) == torch.float32
+    one = run(tmp_path / "bu", {"w": b}, {"w": u}, masks=False)
+    other = run(tmp_path / "ub", {"w": u}, {"w": b}, masks=False)
+    for result, (x, y) in ((one, (b, u)), (other, (u, b))):
+        rec = result["tensors"][0]
+        assert rec["compare_dtype"] == "float32" and result["summary"]["dtype_mismatch"]
+        assert_matches(rec, tensor_stats(*as_compared(x, y), EXACT_TOLERANCES, 1e-5), EXACT_TOLERANCES)
+        assert result["unmatched"]["dtype_mismatch"][0]["compare_dtype"] == "float32"
+        assert any("equal width" in w for w in result["warnings"])
+    # base_fro is the base's own norm; everything about the update is the same whichever side is which
+    same = lambda r: (r["changed"], r["curve_changed"], r["ulp"], r["nan"], r["delta_fro"], r["max_abs_delta"])  # noqa: E731
+    assert same(one["tensors"][0]) == same(other["tensors"][0])
+    assert 0 < one["summary"]["changed"]["1e-05"] < one["summary"]["numel"]
+
+
+def test_f64_and_integer_tensors_are_reported_unsupported(tmp_path):
+    w = torch.ones(4, 4, dtype=torch.bfloat16)
+    base = {"model.norm.weight": w, "wide": torch.ones(8, dtype=torch.float64), "ids": torch.arange(6),
+            "mixed": torch.ones(3, dtype=torch.float32)}
+    tuned = {"model.norm.weight": w * 2, "wide": torch.full((8,), 2.0, dtype=torch.float64), "ids": torch.arange(6) + 1,
+             "mixed": torch.ones(3, dtype=torch.float64)}
+    result = run(tmp_path, base, tuned, masks=False)
+    assert [r["name"] for r in result["tensors"]] == ["model.norm.weight"]
+    assert result["summary"]["numel"] == 16 and result["summary"]["changed"]["0.0"] == 16
+    unsupported = {u["name"]: (u["base_dtype"], u["tuned_dtype"]) for u in result["unmatched"]["unsupported"]}
+    assert unsupported == {"wide": ("F64", "F64"), "ids": ("I64", "I64"), "mixed": ("F32", "F64")}
+    assert any("unsupported dtype" in w and "3 tensors" in w for w in result["warnings"])
+    assert compare_dtype(torch.float64, torch.float64) is None and compare_dtype(torch.int64, torch.int64) is None
+
+
+def test_vocab_shrink_reports_removed_rows_not_added(tmp_path, small_pieces):
+    b, u = realistic_pair((56, 12), torch.bfloat16, seed=4)
+    name = "model.embed_tokens.weight"
+    result = run(tmp_path, {name: b}, {name: u[:50]})
+    rec = result["tensors"][0]
+    assert_matches(rec, tensor_stats(b[:50], u[:50], EXACT_TOLERANCES, 1e-5), EXACT_TOLERANCES)
+    assert rec["numel"] == 50 * 12 and rec["shape"] == [50, 12]
+    assert (rec["added"], rec["removed"]) == (0, 6 * 12)
+    assert (result["summary"]["added"], result["summary"]["removed"]) == (0, 72)
+    assert result["unmatched"]["resized"] == [
+        {"name": name, "base_shape": [56, 12], "tuned_shape": [50, 12], "added": 0, "removed": 72}]
+    assert any("removed" in w and "added" not in w for w in result["warnings"])
+    assert load_masks(tmp_path / "masks" / "masks.safetensors")[name].shape == (50, 12)
+
+
+def test_mask_file_bit_order_against_the_reference(tmp_path, small_pieces):
+    """Read masks.safetensors without the engine: little-endian packbits of the flat float64 mask."""
+    shapes = {"model.layers.0.mlp.up_proj.weight": (37, 29), "model.norm.weight": (13,), "scalar": (),
+              "model.layers.0.conv.weight": (3, 5, 7), "model.embed_tokens.weight": (21, 6)}
+    base, tuned = {}, {}
+    for i, (name, shape) in enumerate(shapes.items()):
+        base[name], tuned[name] = realistic_pair(shape, torch.bfloat16, seed=20 + i)
+    tuned["model.embed_tokens.weight"] = torch.cat([tuned["model.embed_tokens.weight"], torch.ones(3, 6, dtype=torch.bfloat16)])
+    chosen = 2e-6
+    run(tmp_path, base, tuned, tolerance=chosen)
+    path = tmp_path / "masks" / "masks.safetensors"
+    with safe_open(str(path), framework="numpy") as f:
+        assert set(f.keys()) == set(shapes)
+        assert f.metadata()["tolerance"] == repr(chosen)
+        for name, shape in shapes.items():
+            packed = f.get_tensor(name)
+            n = math.prod(shape)
+            assert packed.dtype == np.uint8 and packed.shape == ((n + 7) // 8,)
+            bits = np.unpackbits(packed, bitorder="little")
+            assert not bits[n:].any()  # padding bits are zero
+            want = changed_mask(base[name], tuned[name][: shape[0]] if shape else tuned[name], chosen)
+            assert np.array_equal(bits[:n].reshape(shape).astype(bool), want.numpy()), name
+    loaded = load_masks(path)
+    for name, shape in shapes.items():
+        assert loaded[name].dtype == torch.bool and tuple(loaded[name].shape) == shape, name
+    assert 0 < sum(int(m.sum()) for m in loaded.values()) < sum(m.numel() for m in loaded.values())
+
+
+def test_bytes_read_counts_what_a_resumed_run_reads(tmp_path):
+    names = [f"model.layers.{i}.mlp.up_proj.weight" for i in range(4)]
+    pairs = {n: realistic_pair((32, 16), torch.bfloat16, seed=i) for i, n in enumerate(names)}
+    write(tmp_path / "base", {n: p[0] for n, p in pairs.items()})
+    write(tmp_path / "tuned", {n: p[1] for n, p in pairs.items()})
+
+    def analyse(resume=None):
+        records = []
+        with open_source(parse_source(str(tmp_path / "base"), allow_any_path=True)) as b, open_source(
+            parse_source(str(tmp_path / "tuned"), allow_any_path=True)
+        ) as u:
+            result = analyze(b, u, AnalysisOptions(device="cpu"), resume=resume, on_tensor=records.append)
+        return result, records
+
+    full, records = analyse()
+    compared = sum(r["numel"] for r in full["tensors"]) * 2 * 2  # two bf16 sides
+    assert full["summary"]["bytes_read"] >= compared
+    resumed, redone = analyse(resume={r["name"]: r for r in records[1:]})
+    assert [r["name"] for r in redone] == [names[0]]
+    assert 0 < resumed["summary"]["bytes_read"] < full["summary"]["bytes_read"]
+    assert resumed["summary"]["changed"] == full["summary"]["changed"]
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, -1e-5, "1e-5", None])
+def test_analysis_options_refuse_a_tolerance_that_is_not_finite_and_non_negative(bad):
+    with pytest.raises(EngineError) as err:
+        AnalysisOptions(tolerance=bad)
+    assert err.value.code == "bad_request" and "tolerance" in err.value.message
+    assert AnalysisOptions(tolerance=-0.0).tolerance == 0.0 and repr(AnalysisOptions(tolerance=0).tolerance) == "0.0"

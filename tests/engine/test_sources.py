@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import struct
 import sys
+import tracemalloc
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError, safe_open
 
 from worker.engine import EngineError, Piece, open_source, parse_source
-from worker.engine.safetensors_format import MAX_HEADER_BYTES
+from worker.engine.safetensors_format import MAX_HEADER_BYTES, header_length
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
 from checkpoint_files import broken_files, tiny_good_state, write_broken, write_checkpoint  # noqa: E402
@@ -32,8 +35,29 @@ def test_the_good_twin_of_the_broken_files_opens(tmp_path):
         assert len(src.sha) == 64
 
 
-def test_header_limit_is_the_reference_libraries():
-    assert MAX_HEADER_BYTES == 100_000_000
+def test_header_limit_is_the_reference_libraries_and_is_checked_before_reading(tmp_path):
+    # The length prefix alone decides: exactly at the limit passes this check, one byte more does not.
+    assert header_length(struct.pack("<Q", MAX_HEADER_BYTES), "f", 8 + MAX_HEADER_BYTES) == MAX_HEADER_BYTES
+    with pytest.raises(EngineError, match="too large"):
+        header_length(struct.pack("<Q", MAX_HEADER_BYTES + 1), "f", 8 + MAX_HEADER_BYTES + 1)
+    # A whole (sparse) file claiming a header one byte over the limit: the engine refuses it
+    # without reading the header, and so does the reference library.
+    d = tmp_path / "huge"
+    d.mkdir()
+    with open(d / "model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", MAX_HEADER_BYTES + 1))
+        f.truncate(8 + MAX_HEADER_BYTES + 1 + 8)
+    tracemalloc.start()
+    try:
+        with pytest.raises(EngineError) as err:
+            open_source(parse_source(str(d), allow_any_path=True))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert err.value.code == "malformed" and "too large" in err.value.message
+    assert peak < 10_000_000  # the 100 MB header was never read
+    with pytest.raises(SafetensorError, match="header too large"):
+        safe_open(str(d / "model.safetensors"), framework="numpy")
 
 
 def test_content_id_follows_bytes_not_names(tmp_path):

@@ -39,12 +39,50 @@ def test_heatmap_cells_are_element_weighted_sparsity(demo_results):
     hm = fig.data[0]
     layers = sorted({t["layer"] for t in r["tensors"] if t["layer"] is not None})
     assert list(hm.y) == [str(layer) for layer in layers]
-    assert "q_proj" in hm.x and "embed_tokens" not in hm.x and "lm_head" not in hm.x
-    rec = next(t for t in r["tensors"] if t["layer"] == 1 and t["module"] == "q_proj")
-    cell = hm.z[list(hm.y).index("1")][list(hm.x).index("q_proj")]
+    assert "self_attn.q_proj" in hm.x and not any("embed_tokens" in m or "lm_head" in m for m in hm.x)
+    rec = next(t for t in r["tensors"] if t["layer"] == 1 and t["module"] == "self_attn.q_proj")
+    cell = hm.z[list(hm.y).index("1")][list(hm.x).index("self_attn.q_proj")]
     assert cell == pytest.approx(100 * (1 - rec["changed"]["1e-05"] / rec["numel"]))
     dens = F.layer_module_heatmap(r["tensors"], r["curve_tolerances"], 1e-5, "density").data[0]
-    assert dens.z[list(dens.y).index("1")][list(dens.x).index("q_proj")] == pytest.approx(100 - cell)
+    assert dens.z[list(dens.y).index("1")][list(dens.x).index("self_attn.q_proj")] == pytest.approx(100 - cell)
+
+
+def _stacked(records: list[dict], stacks: tuple[str, str]) -> list[dict]:
+    """The same records twice, once per stack (an encoder and a decoder of equal shape)."""
+    out = []
+    for stack in stacks:
+        for rec in records:
+            if rec["layer"] is not None:
+                out.append({**rec, "stack": stack, "name": rec["name"].replace("model.layers", stack)})
+    return out
+
+
+def test_heatmap_draws_one_block_per_stack_on_one_scale(demo_results):
+    r = demo_results["rl_b"]
+    tensors = _stacked(r["tensors"], ("encoder.block", "decoder.block"))
+    # The decoder's copy of layer 0 is made dense: only its block may show it.
+    for rec in tensors:
+        if rec["stack"] == "decoder.block" and rec["layer"] == 0:
+            rec["changed"] = {k: rec["numel"] for k in rec["changed"]}
+            rec["curve_changed"] = [rec["numel"]] * len(rec["curve_changed"])
+    fig = F.layer_module_heatmap(tensors, r["curve_tolerances"], 1e-5)
+    assert [tr.name for tr in fig.data] == ["decoder.block", "encoder.block"]
+    assert {tr.coloraxis for tr in fig.data} == {"coloraxis"}
+    dec, enc = fig.data
+    layers = sorted({t["layer"] for t in r["tensors"] if t["layer"] is not None})
+    assert list(dec.y) == list(enc.y) == [str(layer) for layer in layers]  # never merged into one row set
+    q = list(dec.x).index("self_attn.q_proj")
+    assert dec.z[0][q] == 0.0 and enc.z[0][q] > 50
+    assert {a.text for a in fig.layout.annotations} >= {"decoder.block", "encoder.block"}
+    bars = F.layer_bars(tensors, r["curve_tolerances"], 1e-5).data[0]
+    assert "decoder.block 0" in bars.x and "encoder.block 0" in bars.x
+
+
+def test_stack_labels_drop_the_shared_part():
+    labels = N.stack_labels(["model.language_model.layers", "model.vision_tower.vision_model.encoder.layers"])
+    assert labels == {"model.language_model.layers": "language_model.layers",
+                      "model.vision_tower.vision_model.encoder.layers": "vision_tower.vision_model.encoder.layers"}
+    assert N.layer_names([("model.layers", 0), ("model.layers", 1)]) == ["0", "1"]
 
 
 def test_partial_heatmap_leaves_unfinished_cells_blank(demo_results):
@@ -52,7 +90,7 @@ def test_partial_heatmap_leaves_unfinished_cells_blank(demo_results):
     partial = r["tensors"][:8]
     hm = F.layer_module_heatmap(partial, None, 1e-5, title="partial").data[0]
     filled = sum(v is not None for row in hm.z for v in row)
-    assert filled == len({(t["layer"], t["module"]) for t in partial if t["layer"] is not None})
+    assert filled == len({(t["stack"], t["layer"], t["module"]) for t in partial if t["layer"] is not None})
     assert filled < len([t for t in r["tensors"] if t["layer"] is not None])
 
 

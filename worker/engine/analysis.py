@@ -21,13 +21,14 @@ from typing import Literal
 import torch
 
 from worker.engine import masks as mask_files
+from worker.engine.errors import EngineError
 from worker.engine.kernel import CURVE_TOLERANCES, EXACT_TOLERANCES, ULP_BUCKETS, Kernel, tolerance_key
-from worker.engine.naming import layer_of, module_of
+from worker.engine.naming import layer_order, locate
 from worker.engine.pairing import Pair, check_compatible, pair_tensors
 from worker.engine.reference import reference_for
 from worker.engine.sources import Piece, Source
 
-ENGINE_VERSION = "0.1.0"
+ENGINE_VERSION = "0.2.0"
 SCHEMA = 1
 # Elements per piece: big enough to amortise per-op overhead, small enough to stay in cache.
 PIECE_ELEMENTS = 1 << 19
@@ -40,6 +41,19 @@ class AnalysisOptions:
     tolerance: float = 1e-5  # the chosen t: masks, coverage, default view
     rank: Literal["off", "sampled", "all"] = "off"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        # Every entry point (CLI, API, worker, library) builds one of these: refuse here too.
+        t = self.tolerance
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise EngineError("bad_request", f"The tolerance must be a finite number >= 0, not {t!r}.")
+        self.tolerance = float(t) + 0.0  # -0.0 is 0.0
+
+
+def bytes_read(*sources: Source) -> int | None:
+    """Weight bytes the sources have read so far, or None when one cannot tell."""
+    counts = [getattr(src, "bytes_read", None) for src in sources]
+    return sum(counts) if all(isinstance(c, int) for c in counts) else None
 
 
 @dataclass
@@ -65,16 +79,25 @@ def ulp_labels() -> list[str]:
     return labels
 
 
-def rank_layers(pairs: list[Pair]) -> set[int]:
-    """Layers whose matrices get a rank in "sampled" mode: first, middle and last."""
-    layers = sorted({l for p in pairs if (l := layer_of(p.name)) is not None})
-    if not layers:
-        return set()
-    return {layers[0], layers[len(layers) // 2], layers[-1]}
+def rank_layers(pairs: list[Pair]) -> set[tuple[str, int]]:
+    """Layers whose matrices get a rank in "sampled" mode: the first, middle and last of each stack."""
+    stacks: dict[str, set[int]] = {}
+    for p in pairs:
+        where = locate(p.name)
+        if where.stack is not None:
+            stacks.setdefault(where.stack, set()).add(where.layer)
+    picked = set()
+    for stack, layers in stacks.items():
+        ordered = sorted(layers)
+        picked |= {(stack, ordered[0]), (stack, ordered[len(ordered) // 2]), (stack, ordered[-1])}
+    return picked
 
 
-def _wants_rank(pair: Pair, mode: str, sampled: set[int]) -> bool:
-    return len(pair.shape) == 2 and (mode == "all" or (mode == "sampled" and layer_of(pair.name) in sampled))
+def _wants_rank(pair: Pair, mode: str, sampled: set[tuple[str, int]]) -> bool:
+    if len(pair.shape) != 2:
+        return False
+    where = locate(pair.name)
+    return mode == "all" or (mode == "sampled" and (where.stack, where.layer) in sampled)
 
 
 @contextmanager
@@ -111,6 +134,7 @@ def analyze(
     on_progress: Callable[[Progress], None] | None = None,
 ) -> dict:
     started = time.perf_counter()
+    read_before = bytes_read(base, tuned)
     check_compatible(base, tuned)
     pairing = pair_tensors(base, tuned)
     device = pick_device(options.device)
@@ -129,6 +153,7 @@ def analyze(
     pair_bytes = lambda p: p.numel * (p.base.itemsize + p.tuned.itemsize)  # noqa: E731
     progress = Progress(len(records), len(pairing.pairs), sum(pair_bytes(p) for p in pairing.pairs if p.name in records),
                         sum(pair_bytes(p) for p in pairing.pairs), None)
+    resumed_bytes = progress.bytes_done
     if on_progress:
         on_progress(progress)
 
@@ -148,8 +173,8 @@ def analyze(
         kernel.fold(state["acc"], stats)
         if state["mask"] is not None:
             state["mask"].add(stats.mask)
-        base.release(piece)
-        tuned.release(piece)
+        base.release(_side(piece, pair.base.name))
+        tuned.release(_side(piece, pair.tuned.name))
         progress.bytes_done += (piece.stop - piece.start) * (pair.base.itemsize + pair.tuned.itemsize)
         remaining[piece.name] -= 1
         if remaining[piece.name] == 0:
@@ -173,7 +198,10 @@ def analyze(
     with _torch_threads(1 if threads > 1 else torch.get_num_threads()), ThreadPoolExecutor(threads) as pool:
         # Pieces are measured on `threads` cores and folded strictly in order.
         pending: deque = deque()
-        for (piece, b), (_, t) in zip(base.iter_pieces(pieces), tuned.iter_pieces(pieces)):
+        # Each side reads a tensor by its own name (they differ when a one-sided prefix was matched).
+        base_pieces = [_side(p, by_name[p.name].base.name) for p in pieces]
+        tuned_pieces = [_side(p, by_name[p.name].tuned.name) for p in pieces]
+        for piece, (_, b), (_, t) in zip(pieces, base.iter_pieces(base_pieces), tuned.iter_pieces(tuned_pieces)):
             pending.append((piece, pool.submit(measure, piece, b, t)))
             while len(pending) > 2 * threads:
                 done_piece, future = pending.popleft()
@@ -184,8 +212,13 @@ def analyze(
 
     ordered = [records[p.name] for p in pairing.pairs]
     result = build_result(base, tuned, options, ordered, pairing.unmatched, pairing.warnings)
+    # Bytes this run actually read (a resumed run skips finished tensors): the sources' own
+    # counters when they keep them, else the compared bytes this run measured.
+    read_after = bytes_read(base, tuned)
+    read = read_after - read_before if read_before is not None and read_after is not None else (
+        progress.bytes_done - resumed_bytes)
     result["summary"].update(
-        bytes_read=progress.bytes_total, seconds=round(time.perf_counter() - started, 3), device=device.type
+        bytes_read=read, seconds=round(time.perf_counter() - started, 3), device=device.type
     )
     if masks_dir is not None:
         mask_files.assemble(
@@ -203,9 +236,12 @@ def _record(pair: Pair, stats: dict) -> dict:
         "dtype": str(pair.base.torch_dtype).removeprefix("torch."),
         "tuned_dtype": str(pair.tuned.torch_dtype).removeprefix("torch."),
         "compare_dtype": str(pair.compare_dtype).removeprefix("torch."),
-        "layer": layer_of(pair.name),
-        "module": module_of(pair.name),
+        "stack": (where := locate(pair.name)).stack,
+        "layer": where.layer,
+        "module": where.module,
+        "expert": where.expert,
         "added": pair.added,
+        "removed": pair.removed,
         **{k: v for k, v in stats.items() if k != "name"},
     }
 
@@ -214,10 +250,16 @@ def _sparsity(numel: int, changed: Mapping[str, int]) -> dict[str, float]:
     return {k: (1.0 - c / numel) if numel else 1.0 for k, c in changed.items()}
 
 
-def _group(records: list[dict], key: str) -> list[dict]:
+def _side(piece: Piece, name: str) -> Piece:
+    return piece if piece.name == name else Piece(name, piece.start, piece.stop)
+
+
+def _group(records: list[dict], *keys: str) -> list[dict]:
+    """Element-weighted sums over records sharing `keys` (layers: ("stack", "layer"))."""
     groups: dict = {}
     for r in records:
-        g = groups.setdefault(r[key], {key: r[key], "numel": 0, "tensors": 0, "changed": {}, "curve_changed": None})
+        k = tuple(r.get(key) for key in keys)
+        g = groups.setdefault(k, {**dict(zip(keys, k)), "numel": 0, "tensors": 0, "changed": {}, "curve_changed": None})
         g["numel"] += r["numel"]
         g["tensors"] += 1
         for t, c in r["changed"].items():
@@ -227,8 +269,8 @@ def _group(records: list[dict], key: str) -> list[dict]:
     out = list(groups.values())
     for g in out:
         g["sparsity"] = _sparsity(g["numel"], g["changed"])
-    if key == "layer":
-        out.sort(key=lambda g: (g["layer"] is None, g["layer"] if g["layer"] is not None else 0))
+    if "layer" in keys:
+        out.sort(key=layer_order)
     return out
 
 
@@ -252,6 +294,7 @@ def build_result(base: Source, tuned: Source, options: AnalysisOptions, records:
         "curve_changed": curve,
         "nan": nan,
         "added": sum(r["added"] for r in records),
+        "removed": sum(r.get("removed", 0) for r in records),
         "tensors": len(records),
         "delta_fro": math.sqrt(delta_sq),
         "base_fro": math.sqrt(base_sq),
@@ -277,7 +320,7 @@ def build_result(base: Source, tuned: Source, options: AnalysisOptions, records:
         "curve_tolerances": CURVE_TOLERANCES,
         "summary": summary,
         "tensors": records,
-        "layers": _group(records, "layer"),
+        "layers": _group(records, "stack", "layer"),
         "modules": _group(records, "module"),
         "unmatched": unmatched,
         "warnings": warnings,

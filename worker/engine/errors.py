@@ -5,6 +5,7 @@ from __future__ import annotations
 CODES = frozenset(
     {
         "bad_id",
+        "bad_request",
         "bad_revision",
         "not_found",
         "revision_not_found",

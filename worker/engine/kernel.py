@@ -3,16 +3,18 @@
 Every number follows ../shared/design/metrics.md. The hot path is a handful of
 vectorised torch ops per piece: no per-element Python, no full-tensor copies.
 
-Exactness. Delta is exact: 16- and 8-bit values differ exactly in float32, and
-32-bit values in float64. For an exact float32 |Delta| and a float64 tolerance t,
-|Delta| > t  <=>  |Delta| > round_down_f32(t), and for non-negative floats that is
-an integer comparison of bit patterns; NaN's pattern exceeds every finite one, so a
-NaN counts as changed at every tolerance for free.
+Exactness. Delta is computed in float64 on both paths, whatever the dtype: every
+supported value (fp8, 16-bit, float32) is exact in float64, and so is the difference
+of any two of them (float32 itself is NOT enough for 16-bit inputs: bf16 2^-10 minus
+bf16 2^-40 needs ~31 significant bits). For an exact float64 |Delta| and a float64
+tolerance t >= 0, |Delta| > t is an integer comparison of bit patterns; NaN's pattern
+exceeds every finite one, so a NaN counts as changed at every tolerance for free.
 
-The curve. Bits >> 20 of a positive float32 keep its exponent and 3 mantissa bits:
-bins with edges E = 2^e (1 + m/8), 8 per factor of two. The curve is reported at
-t = nextdown_f64(E), where |Delta| > t  <=>  |Delta| >= E for float32 and float64
-alike, so a suffix sum of one histogram gives exact counts at ~190 tolerances.
+The curve. Bits >> 49 of a positive float64, rebased to float32's exponent bias, keep
+its exponent and 3 mantissa bits: bins with edges E = 2^e (1 + m/8), 8 per factor of
+two (the float32 bins: same edges). The curve is reported at t = nextdown_f64(E), where
+|Delta| > t  <=>  |Delta| >= E, so a suffix sum of one histogram gives exact counts at
+~190 tolerances. Norms are float64 sums, per piece and across pieces.
 """
 
 from __future__ import annotations
@@ -34,8 +36,6 @@ _NBINS = 1 << 11
 ULP_BUCKETS = 33
 _NO_ULP = ULP_BUCKETS  # the bucket of unchanged and NaN elements, dropped at the end
 _JOINT = _NBINS * 2 * (ULP_BUCKETS + 1)
-# Curve bin of +inf in float32 (0x7f8 << 20); bins above it hold only NaN.
-_NAN_BIN32 = 0x7F8
 
 
 def tolerance_key(t: float) -> str:
@@ -60,15 +60,6 @@ def _edge_value(k: int) -> float:
 CURVE_BINS = curve_edges()
 # The tolerance at which a curve point is exact: just below the bin's lower edge.
 CURVE_TOLERANCES = [float(np.nextafter(_edge_value(k), 0.0)) for k in CURVE_BINS]
-
-
-def _f32_round_down(t: float) -> float:
-    r = float(np.float32(t))
-    return r if r <= t else float(np.nextafter(np.float32(t), np.float32(0)))
-
-
-def _bits_f32(x: float) -> int:
-    return int(np.array([x], dtype=np.float32).view(np.int32)[0])
 
 
 def _bits_f64(x: float) -> int:
@@ -134,31 +125,30 @@ class Kernel:
     bit, ULP bucket): each exact tolerance lies in its own curve bin (they are a
     decade apart, bins an eighth of an octave), and the refine bit says whether
     |Delta| exceeds the tolerance of its bin, so count(|Delta| > t) is a suffix sum
-    plus one cell. A bin-2040 "tolerance" at +inf splits NaN from inf the same way.
+    plus one cell. The top bin (every |Delta| >= 2^128, inf and NaN) gets +inf as
+    its "tolerance", which splits NaN from the rest the same way.
     """
 
     def __init__(self, thresholds: list[float], chosen: float, device: torch.device):
         self.exact = sorted(set(thresholds))
         self.thresholds = sorted(set(thresholds) | {chosen})
+        for t in self.thresholds:  # bit-pattern comparisons hold for finite t >= 0 only
+            if not (math.isfinite(t) and t >= 0):
+                raise ValueError(f"tolerance must be finite and >= 0, not {t!r}")
         self.chosen = chosen
         self.device = device
-        self._chosen32 = _bits_f32(_f32_round_down(chosen))
-        self._chosen64 = _bits_f64(chosen)
+        self._chosen64 = _bits_f64(chosen + 0.0)  # -0.0 + 0.0 is +0.0
         # Per curve bin, the bit pattern its refine bit compares against (no tolerance: never set).
-        lut32 = torch.full((_NBINS,), 0x7FFFFFFF, dtype=torch.int32)
         lut64 = torch.full((_NBINS,), 0x7FFFFFFFFFFFFFFF, dtype=torch.int64)
-        self._bin32, self._bin64 = {}, {}
+        self._bin64 = {}
         for t in self.exact:
-            b32 = _bits_f32(_f32_round_down(t))
-            b64 = _bits_f64(t)
-            self._bin32[t], self._bin64[t] = b32 >> _BIN_SHIFT, self._wide_bin(b64)
-            lut32[self._bin32[t]] = b32
+            b64 = _bits_f64(t + 0.0)
+            self._bin64[t] = self._wide_bin(b64)
             lut64[self._bin64[t]] = b64
-        lut32[_NAN_BIN32] = _bits_f32(math.inf)
         lut64[_NBINS - 1] = _bits_f64(math.inf)
-        if len(set(self._bin32.values())) != len(self.exact):
+        if len(set(self._bin64.values())) != len(self.exact):
             raise ValueError("exact tolerances must lie in distinct curve bins")
-        self._lut32, self._lut64 = lut32.to(device), lut64.to(device)
+        self._lut64 = lut64.to(device)
         # The same thresholds as values, for the fused CPU loop (+inf: no tolerance in that bin).
         self._lut_f64 = np.full(_NBINS, np.inf)
         for t in self.exact:
@@ -195,22 +185,24 @@ class Kernel:
             tuned = tuned.to(compare_dtype)
         if self.device.type == "cpu" and compare_dtype in cpu_kernel.SUPPORTED:
             return self._measure_fused(base, tuned, compare_dtype, cols, want_rank)
-        wide = compare_dtype in (torch.float32, torch.float64)
-        b = base.to(torch.float64 if wide else torch.float32)
-        delta = tuned.to(b.dtype) - b
-        counts, bits = self._histogram(delta, base, tuned, compare_dtype, wide)
+        # float64 holds every supported value and every difference of two exactly.
+        b = base.to(torch.float64)
+        u = tuned.to(torch.float64)
+        delta = u - b
+        counts, bits = self._histogram(delta, base, tuned, compare_dtype)
         grid = counts.view(_NBINS, 2, ULP_BUCKETS + 1)
-        nan = int(grid[_NBINS - 1 if wide else _NAN_BIN32, 1].sum()) + (0 if wide else int(grid[_NAN_BIN32 + 1 :].sum()))
+        nan = int(grid[_NBINS - 1, 1].sum())
         if nan:
             # Equal infinities subtract to NaN but are unchanged; only a real NaN is NaN.
-            real_nan = torch.isnan(base) | torch.isnan(tuned)
-            delta = torch.where((base == tuned) & ~real_nan, torch.zeros_like(delta), delta)
-            counts, bits = self._histogram(delta, base, tuned, compare_dtype, wide, nan_mask=torch.isnan(delta))
+            real_nan = torch.isnan(b) | torch.isnan(u)
+            delta = torch.where((b == u) & ~real_nan, torch.zeros_like(delta), delta)
+            counts, bits = self._histogram(delta, base, tuned, compare_dtype, nan_mask=torch.isnan(delta))
             nan = int(torch.count_nonzero(real_nan))
-        mask = bits > (self._chosen64 if wide else self._chosen32)
-        absd = bits.view(delta.dtype)
-        finite = torch.nan_to_num(absd, nan=0.0) if nan else absd
-        b_finite = torch.nan_to_num(b) if nan else b
+        mask = bits > self._chosen64
+        absd = bits.view(torch.float64)
+        # NaN contributes nothing to the norms; infinities stay infinite (as in the fused loop).
+        finite = torch.nan_to_num(absd, nan=0.0, posinf=math.inf) if nan else absd
+        b_finite = torch.nan_to_num(b, nan=0.0, posinf=math.inf, neginf=-math.inf) if nan else b
         grid = counts.view(_NBINS * 2, ULP_BUCKETS + 1).cpu()
         stats = PieceStats(
             curve=grid.sum(dim=1),
@@ -262,15 +254,11 @@ class Kernel:
         if piece.delta_rows is not None:
             acc.rank_rows.append(piece.delta_rows)
 
-    def _histogram(self, delta, base, tuned, dtype, wide, nan_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(joint counts of this piece, bit patterns of |delta|)."""
-        bits = delta.abs().view(torch.int64 if wide else torch.int32)
-        if wide:
-            bins = ((bits >> 49) - ((1023 - 127) << 3)).clamp_(0, _NBINS - 1)
-            refine = bits > self._lut64[bins]
-        else:
-            bins = bits >> _BIN_SHIFT
-            refine = bits > self._lut32[bins]
+    def _histogram(self, delta, base, tuned, dtype, nan_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(joint counts of this piece, bit patterns of the float64 |delta|)."""
+        bits = delta.abs().view(torch.int64)
+        bins = ((bits >> 49) - ((1023 - 127) << 3)).clamp_(0, _NBINS - 1)
+        refine = bits > self._lut64[bins]
         ulp = self._ulp_bucket(base, tuned, dtype)
         if nan_mask is not None:
             ulp = ulp.masked_fill_(nan_mask, _NO_ULP)
@@ -304,13 +292,12 @@ class Kernel:
         per_bin = grid.sum(dim=1)
         suffix = torch.flip(torch.cumsum(torch.flip(per_bin, [0]), 0), [0]).tolist() + [0]
         refined = grid[:, 1]
-        wide = acc.compare_dtype in (torch.float32, torch.float64)
         changed = {}
         for t in self.thresholds:
             if t == self.chosen and t not in self.exact:
                 changed[tolerance_key(t)] = acc.chosen_changed
                 continue
-            k = (self._bin64 if wide else self._bin32)[t]
+            k = self._bin64[t]
             changed[tolerance_key(t)] = int(suffix[k + 1] + refined[k])
         ulp = acc.ulp.tolist()
         two_d = len(acc.shape) == 2

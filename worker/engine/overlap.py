@@ -14,7 +14,7 @@ import numpy as np
 
 from worker.engine.errors import EngineError
 from worker.engine.masks import iter_packed, read_metadata
-from worker.engine.naming import layer_of, module_of
+from worker.engine.naming import layer_order, locate
 
 
 def _popcount(a: np.ndarray) -> int:
@@ -73,6 +73,39 @@ class _Counts:
         return out
 
 
+def _intersectable(labels: list[str], shapes: list[dict[str, list[int]]]) -> tuple[list[str], list[dict]]:
+    """Tensors every mask file holds with one shape (in the first file's order), and the others.
+
+    Each tensor left out is reported as {"name", "reason", "shapes"}: reason "missing" (absent
+    from some mask files) or "shape_mismatch"; shapes aligned with labels, null where absent.
+    """
+    order = list(shapes[0]) + [n for s in shapes[1:] for n in s if n not in shapes[0]]
+    names, unmatched, seen = [], [], set()
+    for name in order:
+        if name in seen:
+            continue
+        seen.add(name)
+        per_file = [s.get(name) for s in shapes]
+        if any(shape is None for shape in per_file):
+            unmatched.append({"name": name, "reason": "missing", "shapes": per_file})
+        elif any(list(shape) != list(per_file[0]) for shape in per_file[1:]):
+            unmatched.append({"name": name, "reason": "shape_mismatch", "shapes": per_file})
+        else:
+            names.append(name)
+    return names, unmatched
+
+
+def _warnings(unmatched: list[dict], numel: int) -> list[str]:
+    if not unmatched:
+        return []
+    missing = sum(u["reason"] == "missing" for u in unmatched)
+    odd = len(unmatched) - missing
+    parts = ([f"{missing} present in only some of the analyses"] if missing else []) + (
+        [f"{odd} with different compared shapes"] if odd else [])
+    return [f"{len(unmatched)} tensors could not be intersected and are left out of every count "
+            f"({'; '.join(parts)}; e.g. {unmatched[0]['name']}); the overlap covers the other {numel:,} elements."]
+
+
 def overlap(mask_files: Sequence[Path], *, labels: Sequence[str] | None = None) -> dict:
     paths = [Path(p) for p in mask_files]
     if len(paths) not in (2, 3):
@@ -85,7 +118,7 @@ def overlap(mask_files: Sequence[Path], *, labels: Sequence[str] | None = None) 
         raise EngineError("incompatible", "These analyses have different base models (commits); overlap compares finetunes of one base.")
     if len(tolerances) != 1:
         raise EngineError("incompatible", f"These analyses used different tolerances ({', '.join(sorted(tolerances))}); use one tolerance.")
-    names = [n for n in metas[0][1] if all(n in s and s[n] == metas[0][1][n] for _, s in metas[1:])]
+    names, unmatched = _intersectable(labels, [s for _, s in metas])
     shapes = metas[0][1]
     k = len(paths)
     total, layers, modules = _Counts(k), {}, {}
@@ -94,11 +127,15 @@ def overlap(mask_files: Sequence[Path], *, labels: Sequence[str] | None = None) 
         name = rows[0][0]
         packed = [arr for _, arr in rows]
         numel = int(np.prod(shapes[name]))
-        groups = (total, layers.setdefault(layer_of(name), _Counts(k)), modules.setdefault(module_of(name), _Counts(k)))
+        where = locate(name)
+        groups = (total, layers.setdefault((where.stack, where.layer), _Counts(k)),
+                  modules.setdefault(where.module, _Counts(k)))
         for g in groups:
             g.add(numel, packed)
     result = {"schema": 1, "labels": labels, "tolerance": float(tolerances.pop()), "base_sha": bases.pop()}
     result.update(total.stats())
-    result["layers"] = [{"layer": l, **c.stats()} for l, c in sorted(layers.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
+    result["unmatched"] = unmatched
+    result["warnings"] = _warnings(unmatched, total.numel)
+    result["layers"] = sorted(({"stack": s, "layer": l, **c.stats()} for (s, l), c in layers.items()), key=layer_order)
     result["modules"] = [{"module": m, **c.stats()} for m, c in modules.items()]
     return result

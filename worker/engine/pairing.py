@@ -8,11 +8,9 @@ from dataclasses import dataclass, field
 import torch
 
 from worker.engine.errors import EngineError
+from worker.engine.names import match_names
 from worker.engine.safetensors_format import TensorInfo
 from worker.engine.sources import Source
-
-TIED_NAMES = ("lm_head.weight", "embed_out.weight")
-
 
 @dataclass(frozen=True)
 class Pair:
@@ -21,7 +19,8 @@ class Pair:
     tuned: TensorInfo
     shape: tuple[int, ...]  # compared shape: the common leading rows when resized
     compare_dtype: torch.dtype
-    added: int  # elements of extra rows in the larger side, not compared
+    added: int  # elements of extra rows in the tuned tensor (vocabulary grown), not compared
+    removed: int = 0  # elements of extra rows in the base tensor (vocabulary shrunk), not compared
 
     @property
     def numel(self) -> int:
@@ -35,46 +34,55 @@ class Pairing:
     warnings: list[str] = field(default_factory=list)
 
 
+# The dtypes compared (metrics.md); F64 and integer tensors are reported as unsupported.
+SUPPORTED_DTYPES = ("BF16", "F16", "F32", "F8_E4M3", "F8_E5M2")
+
+
 def _narrower(a: torch.dtype, b: torch.dtype) -> torch.dtype:
-    size = lambda d: torch.empty(0, dtype=d).element_size()  # noqa: E731
-    return a if size(a) < size(b) else b
+    """The dtype two different float dtypes are compared in.
 
-
-def _ties(source: Source) -> bool:
-    config = source.config or {}
-    text = config.get("text_config") or {}
-    return bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
+    Different widths: the narrower one (the wider side is rounded to nearest even).
+    Equal widths (bf16 vs fp16, e4m3 vs e5m2): float32, which holds both exactly, so
+    the result does not depend on which side is which.
+    """
+    if a == b:
+        return a
+    if a.itemsize == b.itemsize:
+        return torch.float32
+    return a if a.itemsize < b.itemsize else b
 
 
 def pair_tensors(base: Source, tuned: Source) -> Pairing:
     out = Pairing()
-    only_base = sorted(set(base.tensors) - set(tuned.tensors))
-    only_tuned = sorted(set(tuned.tensors) - set(base.tensors))
-    tied = [n for n in only_base + only_tuned if n.endswith(TIED_NAMES) and (_ties(base) or _ties(tuned))]
+    names = match_names(base.tensors, tuned.tensors, base.config, tuned.config)
     unmatched = {
-        "only_base": [n for n in only_base if n not in tied],
-        "only_tuned": [n for n in only_tuned if n not in tied],
+        "only_base": names.only_base,
+        "only_tuned": names.only_tuned,
         "shape_mismatch": [],
         "resized": [],
         "dtype_mismatch": [],
         "unsupported": [],
-        "tied": tied,
+        "tied": names.tied,
+        "prefix": names.prefix,
     }
     # Sequential reads of the base's files, in file order.
-    common = sorted(set(base.tensors) & set(tuned.tensors), key=lambda n: (base.tensors[n].file, base.tensors[n].offset))
+    where = lambda n: (base.tensors[names.common[n][0]].file, base.tensors[names.common[n][0]].offset)  # noqa: E731
+    common = sorted(names.common, key=where)
     for name in common:
-        b, t = base.tensors[name], tuned.tensors[name]
-        if b.torch_dtype is None or t.torch_dtype is None or not (b.torch_dtype.is_floating_point and t.torch_dtype.is_floating_point):
+        b, t = base.tensors[names.common[name][0]], tuned.tensors[names.common[name][1]]
+        if b.dtype not in SUPPORTED_DTYPES or t.dtype not in SUPPORTED_DTYPES:
             unmatched["unsupported"].append({"name": name, "base_dtype": b.dtype, "tuned_dtype": t.dtype})
             continue
-        shape, added = b.shape, 0
+        shape, added, removed = b.shape, 0, 0
         if b.shape != t.shape:
             if len(b.shape) == len(t.shape) >= 1 and b.shape[1:] == t.shape[1:]:
                 rows = min(b.shape[0], t.shape[0])
                 shape = (rows, *b.shape[1:])
-                added = abs(b.numel - t.numel)
+                added = max(t.numel - b.numel, 0)  # rows only the tuned tensor has
+                removed = max(b.numel - t.numel, 0)  # rows the tuned tensor dropped
                 unmatched["resized"].append(
-                    {"name": name, "base_shape": list(b.shape), "tuned_shape": list(t.shape), "added": added}
+                    {"name": name, "base_shape": list(b.shape), "tuned_shape": list(t.shape),
+                     "added": added, "removed": removed}
                 )
             else:
                 unmatched["shape_mismatch"].append({"name": name, "base_shape": list(b.shape), "tuned_shape": list(t.shape)})
@@ -82,8 +90,9 @@ def pair_tensors(base: Source, tuned: Source) -> Pairing:
         compare = b.torch_dtype
         if b.torch_dtype != t.torch_dtype:
             compare = _narrower(b.torch_dtype, t.torch_dtype)
-            unmatched["dtype_mismatch"].append({"name": name, "base_dtype": b.dtype, "tuned_dtype": t.dtype})
-        out.pairs.append(Pair(name, b, t, tuple(shape), compare, added))
+            unmatched["dtype_mismatch"].append({"name": name, "base_dtype": b.dtype, "tuned_dtype": t.dtype,
+                                                "compare_dtype": str(compare).removeprefix("torch.")})
+        out.pairs.append(Pair(name, b, t, tuple(shape), compare, added, removed))
     out.unmatched = unmatched
     out.warnings = _warnings(unmatched)
     return out
@@ -98,20 +107,43 @@ def _warnings(u: dict) -> list[str]:
     if u["shape_mismatch"]:
         w.append(f"{len(u['shape_mismatch'])} tensors have different shapes and were not compared (e.g. {u['shape_mismatch'][0]['name']}).")
     for r in u["resized"]:
+        extra = (f"{r['added']} elements of rows only the finetuned model has are reported as added"
+                 if r.get("added") else
+                 f"{r.get('removed', 0)} elements of base rows the finetuned model dropped are reported as removed")
         w.append(
             f"{r['name']} was resized from {r['base_shape']} to {r['tuned_shape']}: the common rows are compared, "
-            f"{r['added']} elements of extra rows are reported as added."
+            f"{extra}."
         )
-    if u["dtype_mismatch"]:
-        d = u["dtype_mismatch"][0]
+    # Only an equal-width pair is compared in float32 (against F32, the other side is narrower).
+    same_width = [d for d in u["dtype_mismatch"] if d.get("compare_dtype") == "float32"]
+    mismatched = [d for d in u["dtype_mismatch"] if d.get("compare_dtype") != "float32"]
+    if mismatched:
+        d = mismatched[0]
         w.append(
-            f"{len(u['dtype_mismatch'])} tensors differ in dtype (e.g. {d['base_dtype']} vs {d['tuned_dtype']}): "
-            "both sides were cast to the narrower dtype before comparing."
+            f"{len(mismatched)} tensors differ in dtype (e.g. {d['base_dtype']} vs {d['tuned_dtype']}): "
+            "both sides were cast to the narrower dtype (round to nearest even) before comparing."
+        )
+    if same_width:
+        d = same_width[0]
+        w.append(
+            f"{len(same_width)} tensors differ in dtype at equal width (e.g. {d['base_dtype']} vs {d['tuned_dtype']}): "
+            "both sides were compared exactly in float32."
         )
     if u["unsupported"]:
-        w.append(f"{len(u['unsupported'])} non-float tensors were skipped (e.g. {u['unsupported'][0]['name']}).")
+        d = u["unsupported"][0]
+        w.append(
+            f"{len(u['unsupported'])} tensors have an unsupported dtype and were not compared "
+            f"(e.g. {d['name']}: {d['base_dtype']} vs {d['tuned_dtype']}; supported: {', '.join(SUPPORTED_DTYPES)})."
+        )
     if u["tied"]:
-        w.append(f"{', '.join(u['tied'])} is tied to the embeddings on one side and is not counted twice.")
+        w.append(f"{', '.join(u['tied'])} {'is' if len(u['tied']) == 1 else 'are'} tied to the embeddings "
+                 "(per the config) and counted once.")
+    if u.get("prefix"):
+        p = u["prefix"]
+        other = "finetuned model" if p["side"] == "base" else "base"
+        w.append(f"The {'base' if p['side'] == 'base' else 'finetuned model'} names its tensors with the prefix "
+                 f"'{p['prefix']}' and the {other} does not (a bare model against one saved with its head): "
+                 "names were matched without it.")
     return w
 
 
@@ -128,7 +160,7 @@ def check_compatible(base: Source, tuned: Source) -> dict:
             f"The architectures do not match: base is {a[0]} ({', '.join(a[1]) or '?'}), finetuned is "
             f"{b[0]} ({', '.join(b[1]) or '?'}). Compare a finetune with its own base model.",
         )
-    shared = set(base.tensors) & set(tuned.tensors)
+    shared = match_names(base.tensors, tuned.tensors, base.config, tuned.config).common
     smaller = min(len(base.tensors), len(tuned.tensors))
     if smaller and len(shared) < 0.5 * smaller:
         raise EngineError(
