@@ -9,8 +9,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from app.api import analyses, health, overlaps
+from app.api import analyses, demo, health, overlaps, runs
+from app.guard import ServerTiming, SubmissionGuard
 from app.jobs import Refused
+from app.reads import Reads
+from app.resolving import Resolver
 from app.settings import Settings, get_settings
 from app.store import Store, connect
 
@@ -36,6 +39,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = Store(connect(settings.redis_url))
+    app.state.reads = Reads(settings.redis_url, settings.read_cache_bytes)  # finished results, in memory
+    app.state.resolver = Resolver(settings)  # submissions resolve here, never in the pool reads use
+    # The engine (torch) is imported now, before this process serves: imported by the first submission
+    # instead, its seconds of holding the GIL would stall every read this process is serving meanwhile.
+    import worker.engine  # noqa: F401
+    # Outermost last: timing sees everything, the guard runs before any route.
+    app.add_middleware(SubmissionGuard, settings=settings, reads_getter=lambda: app.state.reads)
+    app.add_middleware(ServerTiming)
 
     @app.exception_handler(Refused)
     async def refused(_: Request, exc: Refused):
@@ -59,8 +70,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(analyses.router)
     app.include_router(overlaps.router)
+    app.include_router(runs.router)
+    app.include_router(demo.router)
     _mount_frontend(app, settings)
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The factory each web process of a multi-process `serve` calls (settings from the environment).
+
+    It dies with its parent (`serve`) even when that is killed outright, like the embedded children.
+    """
+    import sys
+
+    if sys.platform.startswith("linux"):
+        from app.embedded import _die_with_parent
+
+        _die_with_parent()
+    return create_app(get_settings())
 
 
 def _mount_frontend(app: FastAPI, settings: Settings) -> None:

@@ -7,16 +7,49 @@ field here is missing from the README's settings table.
 
 from __future__ import annotations
 
+import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "subnetscope"
+
+
+def cores() -> int:
+    """CPU cores this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _default_web_workers() -> int:
+    return max(1, min(4, cores()))
+
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgtp]?)(i?)b?\s*$", re.IGNORECASE)
+
+
+def parse_bytes(value) -> int | None:
+    """A byte count from a number or text like "20GB", "1.5e9", "512MiB" (K/M/G/T/P: powers of
+    1000, with i: of 1024); empty or 0 means no limit (None)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        m = _SIZE.match(str(value))
+        if not m:
+            raise ValueError(f"not a size: {value!r} (write bytes, or e.g. 20GB, 512MiB)")
+        scale = (1024 if m.group(3) else 1000) ** " kmgtp".index(m.group(2).lower() or " ")
+        number = float(m.group(1)) * scale
+    return int(number) if number > 0 else None
 
 
 class Settings(BaseSettings):
@@ -63,7 +96,63 @@ class Settings(BaseSettings):
     token_ttl_seconds: int = Field(
         default=3600, description="A user's Hub token is held for the worker at most this long."
     )
+    max_run_checkpoints: int = Field(
+        default=64, ge=1,
+        description="A training run (POST /api/runs, `subnetscope dynamics`) may compare at most this many "
+        "checkpoints after its base; each costs two analyses.",
+    )
+    demo_training: Literal["full", "quick", "off"] = Field(
+        default="full",
+        description="What `serve` trains in the background for the demo's trained family "
+        "(<local_root>/demo/trained): full (about a minute on two cores), quick (seconds; tests) or off.",
+    )
     dev: bool = Field(default=False, description="Development mode: Dash debug tools on.")
+
+    # --- serving reads fast, submissions apart -------------------------------------------
+    web_workers: int = Field(
+        default_factory=_default_web_workers, ge=1,
+        description="Web (uvicorn) processes `serve` runs on one port; each has its own read cache.",
+    )
+    read_cache_bytes: int = Field(
+        default=128 << 20, ge=0,
+        description="Per web process: finished results kept encoded (and gzipped) in memory, least recently "
+                    "read dropped first; 0 turns the cache off.",
+    )
+    resolve_threads: int = Field(
+        default=8, ge=1,
+        description="Per web process: threads that resolve submissions (Hub look-ups, headers, local content "
+                    "ids), apart from the pool that serves reads; one pool for Hub pairs, one for local pairs.",
+    )
+    hub_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="A submission naming a Hub repo that is not resolved within this many seconds is answered "
+                    "504 `hub_unavailable`; nothing is recorded.",
+    )
+
+    # --- shared deployments ------------------------------------------------------------
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="When set, every POST under /api needs `Authorization: Bearer <token>` (the dashboard's "
+                    "form asks for it); reads stay open so permalinks work.",
+    )
+    submit_rate: int = Field(
+        default=0, ge=0,
+        description="POSTs under /api one client (IP address) may make per `SUBNETSCOPE_SUBMIT_RATE_WINDOW_S`; "
+                    "more are answered 429 with Retry-After. 0: no limit.",
+    )
+    submit_rate_window_s: int = Field(
+        default=60, ge=1, description="The window of `SUBNETSCOPE_SUBMIT_RATE`, in seconds.",
+    )
+    max_bytes: int | None = Field(
+        default=None,
+        description="Pairs whose weights (base + tuned, as their safetensors headers declare) exceed this are "
+                    "refused with 422 `too_large` before any weight byte is read; e.g. 40GB, 64GiB. Unset: no limit.",
+    )
+
+    @field_validator("max_bytes", mode="before")
+    @classmethod
+    def _size(cls, value):
+        return parse_bytes(value)
 
     @property
     def checkpoints_root(self) -> Path:

@@ -95,6 +95,26 @@ WORKER_PRESENCE = f"{PREFIX}:worker:"  # + worker name, expiring key refreshed b
 JANITOR_LOCK = f"{PREFIX}:janitor"
 
 
+# Training runs (POST /api/runs): a group of analyses plus a reduce of their masks. Named
+# "training run" in keys and methods: an analysis's own "run" is one attempt at computing it.
+def training_run_key(run_id: str) -> str:
+    return f"{PREFIX}:training_run:{run_id}"
+
+
+def training_run_alive_key(run_id: str) -> str:
+    """Held (expiring) by the worker reducing the run: how a dead reducer is noticed."""
+    return f"{PREFIX}:training_run:{run_id}:alive"
+
+
+def waiting_runs_key(analysis_id: str) -> str:
+    """Training runs that wait for this analysis (set of run ids)."""
+    return f"{PREFIX}:analysis:{analysis_id}:training_runs"
+
+
+RECENT_TRAINING_RUNS = f"{PREFIX}:training_runs"  # zset id -> created_at
+PENDING_TRAINING_RUNS = f"{PREFIX}:training_runs:pending"  # runs whose reduce has not finished
+
+
 # Create the record only if absent, or re-arm it when its last run failed; returns
 # 1 created, 2 re-armed, 0 already there. One script, so 100 identical concurrent
 # submissions make exactly one record and one job.
@@ -116,8 +136,152 @@ return created
 """
 
 
+_QUEUE_REDUCE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'reducing', 'reduce_queued_at', ARGV[1], 'updated_at', ARGV[1])
+redis.call('HDEL', KEYS[1], 'reduce_started_at')
+return 1
+"""
+
+_START_REDUCE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'reducing' then return 0 end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'reduce_started_at', ARGV[3], 'updated_at', ARGV[3])
+return 1
+"""
+
+# A reduce whose worker died: queued again, or failed after MAX_LOST_RUNS deaths.
+_REQUEUE_REDUCE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'reducing' then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('HINCRBY', KEYS[1], 'reduce_lost', 1) >= tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[3], 'updated_at', ARGV[1])
+  redis.call('SREM', KEYS[3], ARGV[4])
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'updated_at', ARGV[1])
+redis.call('HDEL', KEYS[1], 'reduce_started_at', 'reduce_queued_at')
+return 1
+"""
+
+
+class TrainingRuns:
+    """Store methods of training runs (mixed into Store)."""
+
+    r: redis.Redis
+
+    def create_training_run(self, run_id: str, request: dict) -> int:
+        """1 created, 2 re-armed (its reduce had failed), 0 already there."""
+        created = int(self.r.eval(_CREATE, 2, training_run_key(run_id), RECENT_TRAINING_RUNS,
+                                  run_id, repr(time.time()), json.dumps(request), "null"))
+        if created == 2:
+            self.r.hdel(training_run_key(run_id), "reduce_lost", "reduce_started_at", "reduce_queued_at")
+        return created
+
+    def get_training_run(self, run_id: str) -> dict[str, str] | None:
+        raw = self.r.hgetall(training_run_key(run_id))
+        return {k.decode(): v.decode() for k, v in raw.items()} if raw else None
+
+    def recent_training_runs(self, offset: int, limit: int) -> tuple[int, list[dict[str, str]]]:
+        """Newest first: (total, records without their result, which can be large)."""
+        ids = [i.decode() for i in self.r.zrevrange(RECENT_TRAINING_RUNS, offset, offset + limit - 1)]
+        fields = ("id", "status", "created_at", "updated_at", "request", "error")
+        with self.r.pipeline() as p:
+            for i in ids:
+                p.hmget(training_run_key(i), *fields)
+            rows = p.execute()
+            total = self.r.zcard(RECENT_TRAINING_RUNS)
+        items = [{f: v.decode() for f, v in zip(fields, row) if v is not None} for row in rows if row[0] is not None]
+        return total, items
+
+    def drop_training_run(self, run_id: str) -> None:
+        with self.r.pipeline() as p:
+            p.delete(training_run_key(run_id))
+            p.zrem(RECENT_TRAINING_RUNS, run_id)
+            p.srem(PENDING_TRAINING_RUNS, run_id)
+            p.execute()
+
+    def watch_analyses(self, run_id: str, analysis_ids: Iterable[str]) -> None:
+        """The run waits for these analyses: each one's end checks whether the run can be reduced."""
+        with self.r.pipeline() as p:
+            for aid in analysis_ids:
+                p.sadd(waiting_runs_key(aid), run_id)
+            p.sadd(PENDING_TRAINING_RUNS, run_id)
+            p.execute()
+
+    def runs_waiting_on(self, analysis_id: str) -> list[str]:
+        return [i.decode() for i in self.r.smembers(waiting_runs_key(analysis_id))]
+
+    def pending_training_runs(self) -> list[str]:
+        return [i.decode() for i in self.r.smembers(PENDING_TRAINING_RUNS)]
+
+    def analysis_states(self, analysis_ids: list[str]) -> dict[str, tuple[dict[str, str] | None, bool]]:
+        """id -> (fields that say how it goes, or None when absent; whether its run key is alive)."""
+        fields = ("id", "status", "progress", "progress_at", "updated_at", "error", "summary", "runs")
+        with self.r.pipeline() as p:
+            for aid in analysis_ids:
+                p.hmget(analysis_key(aid), *fields)
+                p.exists(alive_key(aid))
+            rows = p.execute()
+        out = {}
+        for n, aid in enumerate(analysis_ids):
+            values, alive = rows[2 * n], rows[2 * n + 1]
+            raw = {f: v.decode() for f, v in zip(fields, values) if v is not None}
+            out[aid] = (raw or None, bool(alive))
+        return out
+
+    def queue_reduce(self, run_id: str) -> bool:
+        """queued -> reducing, once: True for the one caller that must enqueue the reduce job."""
+        return bool(self.r.eval(_QUEUE_REDUCE, 1, training_run_key(run_id), repr(time.time())))
+
+    def start_reduce(self, run_id: str, owner: str) -> bool:
+        return bool(self.r.eval(_START_REDUCE, 2, training_run_key(run_id), training_run_alive_key(run_id),
+                                owner, ALIVE_TTL_S, repr(time.time())))
+
+    def refresh_reduce(self, run_id: str, owner: str) -> bool:
+        return bool(self.r.eval(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+            "return redis.call('EXPIRE', KEYS[1], ARGV[2]) else return 0 end",
+            1, training_run_alive_key(run_id), owner, ALIVE_TTL_S))
+
+    def reducer_alive(self, run_id: str) -> bool:
+        return bool(self.r.exists(training_run_alive_key(run_id)))
+
+    def requeue_reduce(self, run_id: str, error: str) -> bool:
+        return bool(self.r.eval(_REQUEUE_REDUCE, 3, training_run_key(run_id), training_run_alive_key(run_id),
+                                PENDING_TRAINING_RUNS, repr(time.time()), MAX_LOST_RUNS, error, run_id))
+
+    def finish_reduce(self, run_id: str, status: str, *, result: dict | None = None,
+                      error: dict | None = None) -> None:
+        now = repr(time.time())
+        fields = {"status": status, "updated_at": now, "ended_at": now}
+        if result is not None:
+            fields["result"] = dumps(result)
+        if error is not None:
+            fields["error"] = json.dumps(error)
+        with self.r.pipeline() as p:
+            p.hset(training_run_key(run_id), mapping=fields)
+            if status == DONE:
+                p.hdel(training_run_key(run_id), "error")
+            p.srem(PENDING_TRAINING_RUNS, run_id)
+            p.delete(training_run_alive_key(run_id))
+            p.execute()
+
+    def rearm_training_run(self, run_id: str) -> bool:
+        """A failed run's reduce may run again (after a retry): failed -> queued."""
+        script = """
+        if redis.call('HGET', KEYS[1], 'status') ~= 'failed' then return 0 end
+        redis.call('HSET', KEYS[1], 'status', 'queued', 'updated_at', ARGV[1])
+        redis.call('HDEL', KEYS[1], 'error', 'reduce_lost', 'reduce_started_at', 'reduce_queued_at')
+        redis.call('SADD', KEYS[2], ARGV[2])
+        return 1
+        """
+        return bool(self.r.eval(script, 2, training_run_key(run_id), PENDING_TRAINING_RUNS,
+                                repr(time.time()), run_id))
+
+
 @dataclass
-class Store:
+class Store(TrainingRuns):
     r: redis.Redis
 
     # --- analyses ---------------------------------------------------------------------

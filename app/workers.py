@@ -21,6 +21,7 @@ from rq import Queue, SpawnWorker, Worker
 from rq.exceptions import StopRequested
 
 from app.jobs import enqueue_analysis
+from app.runs import sweep as sweep_training_runs
 from app.settings import Settings
 from app.store import JANITOR_LOCK, Store, connect
 
@@ -72,6 +73,7 @@ class Janitor(threading.Thread):
             if self.store.requeue(aid):
                 log.warning("analysis %s lost its worker; queued again to resume", aid)
                 enqueue_analysis(self.store.r, self.settings, aid)
+        sweep_training_runs(self.store, self.settings)
 
     def stop(self) -> None:
         self.stopped.set()

@@ -92,6 +92,12 @@ def shape_for(size_gb: float) -> Shape:
     return Shape(hidden, intermediate, kv, vocab, layers)
 
 
+# Named shapes (--shape): the real models' widths, for the GPU run of bench/README.md.
+SHAPES = {
+    "llama8b": Shape(hidden=4096, intermediate=14336, kv=1024, vocab=128256, layers=32),  # ~16 GB in bf16
+}
+
+
 def _bf16_bits(x: torch.Tensor) -> torch.Tensor:
     return x.view(torch.int16)
 
@@ -175,10 +181,10 @@ def _plan_shards(tensors: list[tuple[str, tuple[int, ...]]]) -> list[list[tuple[
     return shards
 
 
-def generate_pair(out_dir: Path, size_gb: float, *, log=print) -> tuple[Path, Path]:
-    """Create (or reuse) out_dir/pair-<size>gb/{base,tuned}; returns the two dirs."""
-    shape = shape_for(size_gb)
-    root = out_dir / f"pair-{size_gb:g}gb"
+def generate_pair(out_dir: Path, size_gb: float, *, log=print, shape_name: str | None = None) -> tuple[Path, Path]:
+    """Create (or reuse) out_dir/pair-<size>gb/{base,tuned} (or pair-<shape_name>); returns the two dirs."""
+    shape = SHAPES[shape_name] if shape_name else shape_for(size_gb)
+    root = out_dir / (f"pair-{shape_name}" if shape_name else f"pair-{size_gb:g}gb")
     base_dir, tuned_dir = root / "base", root / "tuned"
     stamp = root / "DONE.json"
     want = {"generator": GENERATOR_VERSION, "shape": shape.__dict__}
@@ -224,9 +230,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description="generate (or reuse) a synthetic checkpoint pair")
     p.add_argument("size_gb", type=float)
     p.add_argument("out", type=Path)
+    p.add_argument("--shape", choices=sorted(SHAPES), default=None, help="a named model shape (size_gb is ignored)")
     a = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    base, tuned = generate_pair(a.out, a.size_gb, log=lambda m: print(m, file=sys.stderr, flush=True))
+    base, tuned = generate_pair(a.out, a.size_gb, log=lambda m: print(m, file=sys.stderr, flush=True),
+                                shape_name=a.shape)
     print(json.dumps({"base": str(base), "tuned": str(tuned)}))
     return 0
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 import dash
 from dash import Input, Output, State
@@ -20,7 +20,7 @@ from fastapi import Request
 from starlette.responses import HTMLResponse, JSONResponse
 
 from .apiclient import Api, ApiError
-from .pages import analysis, compare, home, overlap, shell
+from .pages import analysis, compare, home, overlap, run, shell, tensor
 
 ASSETS = Path(__file__).parent / "assets"
 log = logging.getLogger(__name__)
@@ -32,10 +32,15 @@ _PAGES = {"/": home, "/compare": compare, "/overlap": overlap}
 def _route(pathname: str | None, search: str | None):
     query = {k: v[-1] for k, v in parse_qs((search or "").lstrip("?")).items()}
     path = (pathname or "/").rstrip("/") or "/"
+    if path.startswith("/a/") and "/t/" in path[3:]:
+        analysis_id, name = path[3:].split("/t/", 1)
+        return tensor.layout(analysis_id, unquote(name), query)
     if path.startswith("/a/") and len(path) > 3:
         return analysis.layout(path[3:], query)
     if path.startswith("/o/") and len(path) > 3:
         return overlap.layout(query, overlap_id=path[3:])
+    if path.startswith("/r/") and len(path) > 3:
+        return run.layout(path[3:], query)
     page = _PAGES.get(path)
     if page is None:
         return shell.not_found(path)
@@ -49,7 +54,7 @@ def _log_callback_error(err: Exception):
 
 
 def mount(fastapi_app: Any, settings: Any) -> dash.Dash:
-    api = Api(fastapi_app)
+    api = Api(fastapi_app, token_required=bool(getattr(settings, "api_token", None)))
     app = dash.Dash(
         __name__,
         server=fastapi_app,
@@ -83,7 +88,7 @@ def mount(fastapi_app: Any, settings: Any) -> dash.Dash:
             return f"The API is unreachable: {err}", "banner banner-error"
         return "", "banner hidden"
 
-    for page in (home, analysis, compare, overlap):
+    for page in (home, analysis, compare, overlap, tensor, run):
         page.register(app, api)
 
     # Deep links (/a/<id>, /compare, /overlap) must serve the Dash index even
@@ -96,7 +101,8 @@ def mount(fastapi_app: Any, settings: Any) -> dash.Dash:
         finally:
             reset_current_request(token)
 
-    for rule in ("/a/{analysis_id}", "/o/{overlap_id}", "/compare", "/overlap"):
+    for rule in ("/a/{analysis_id}", "/a/{analysis_id}/t/{name:path}", "/o/{overlap_id}", "/r/{run_id}", "/compare",
+                 "/overlap"):
         fastapi_app.add_api_route(rule, index, methods=["GET"], include_in_schema=False)
 
     # Dash's catch-all would answer any unknown GET with the page (200 HTML); an API

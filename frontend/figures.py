@@ -116,19 +116,28 @@ def layer_module_heatmap(tensors: Sequence[Mapping], curve_tolerances: Sequence[
         return empty("No per-layer tensors yet." if not tensors else
                      "No tensor names carry a layer index.")
     groups = N.aggregate(in_layers, t, curve_tolerances, by=("stack", "layer", "module"))
+    names = cell_tensors(in_layers)
     stacks = sorted({k[0] for k in groups}, key=lambda s: s or "")
     labels = N.stack_labels(stacks)
     per_stack = {s: sorted({k[1] for k in groups if k[0] == s}) for s in stacks}
     label = "sparsity" if metric == "sparsity" else "density"
-    fig = make_subplots(rows=len(stacks), cols=1, vertical_spacing=min(0.08, 0.3 / len(stacks)),
-                        row_heights=[len(per_stack[s]) + 2 for s in stacks],
+    # Sizes in pixels, so each block keeps readable rows and its own module labels fit
+    # between it and the next block whatever the number of stacks.
+    longest = max((len(str(k[2])) for k in groups), default=8)
+    labels_px = int(min(230, 30 + 4.2 * longest))
+    blocks_px = [max(70, 20 * len(per_stack[s])) for s in stacks]
+    gap_px = labels_px + 36 if len(stacks) > 1 else 0
+    plot_px = sum(blocks_px) + gap_px * (len(stacks) - 1)
+    fig = make_subplots(rows=len(stacks), cols=1, vertical_spacing=gap_px / plot_px,
+                        row_heights=blocks_px,
                         subplot_titles=[labels[s] for s in stacks] if len(stacks) > 1 else None)
     for row, stack in enumerate(stacks, start=1):
         layers = per_stack[stack]
         modules = _module_order({k[2] for k in groups if k[0] == stack})
-        z, text = [], []
+        z, text, custom = [], [], []
         for layer in layers:
             zr, tr = [], []
+            custom.append([names.get((stack, layer, m), "") for m in modules])
             for m in modules:
                 g = groups.get((stack, layer, m))
                 if g is None:
@@ -144,18 +153,28 @@ def layer_module_heatmap(tensors: Sequence[Mapping], curve_tolerances: Sequence[
             text.append(tr)
         fig.add_trace(go.Heatmap(
             z=z, x=modules, y=[str(x) for x in layers], text=text, name=stack or "layers",
-            coloraxis="coloraxis", hoverongaps=False, xgap=1, ygap=1,
+            customdata=custom, coloraxis="coloraxis", hoverongaps=False, xgap=1, ygap=1,
             hovertemplate=f"{labels[stack]} %{{y}} · %{{x}}<br>%{{text}}<extra></extra>",
         ), row=row, col=1)
         fig.update_yaxes(title_text="layer", autorange="reversed", type="category",
                          dtick=max(1, len(layers) // 20), row=row, col=1)
-        fig.update_xaxes(type="category", tickangle=-30, row=row, col=1)
-    fig.update_xaxes(title_text="module", row=len(stacks), col=1)
+        fig.update_xaxes(type="category", tickangle=-40, row=row, col=1)
     fig.update_layout(coloraxis=dict(colorscale=HEATMAP_SCALE, colorbar=dict(
         title=dict(text=f"{label} %", side="right"), thickness=12)))
-    rows = sum(len(v) for v in per_stack.values())
-    height = max(260, min(1400, 80 + 18 * rows + 110 * (len(stacks) - 1)))
-    return _layout(fig, title=title, height=height)
+    top = 48 if title else 16
+    fig = _layout(fig, title=title, height=plot_px + top + labels_px + 24 + (24 if len(stacks) > 1 else 0))
+    fig.update_layout(margin=dict(t=top + (24 if len(stacks) > 1 else 0), b=labels_px + 24))
+    return fig
+
+
+def cell_tensors(tensors: Sequence[Mapping]) -> dict:
+    """(stack, layer, module) -> the name of its largest tensor: where a click on a cell leads."""
+    best: dict = {}
+    for r in tensors:
+        key = (r.get("stack"), r.get("layer"), r.get("module"))
+        if key not in best or (r.get("numel") or 0) > best[key][0]:
+            best[key] = (r.get("numel") or 0, r["name"])
+    return {k: v[1] for k, v in best.items()}
 
 
 # Usual order of a block's modules, by a path's last part; modules under one parent
@@ -408,3 +427,226 @@ def compare_bars(items: Sequence[tuple[str, Mapping]], t: float) -> go.Figure:
     fig.update_yaxes(title_text=f"update sparsity at t = {N.fmt_tol(t)} (%)", range=[0, 108])
     fig.update_xaxes(tickangle=0 if len(labels) <= 3 else -20, automargin=True)
     return _layout(fig, height=400, barmode="group", legend=dict(orientation="h", y=1.1))
+
+
+# ---- update geometry ---------------------------------------------------------
+
+GEOMETRY_SIDES = (("two_sided", "two-sided  ‖U_kᵀΔV_k‖²", ACCENT), ("left", "left  ‖U_kᵀΔ‖²", "#059669"),
+                  ("right", "right  ‖ΔV_k‖²", "#d97706"))
+
+
+def geometry_summary(result: Mapping) -> Mapping | None:
+    """The whole-model geometry block, or None when it was not computed."""
+    g = (result.get("summary") or {}).get("geometry") or {}
+    return g if g.get("matrices") else None
+
+
+def geometry_missing(result: Mapping) -> str:
+    mode = ((result.get("summary") or {}).get("geometry") or {}).get("mode", "off")
+    return (f"Update geometry not computed (geometry mode: {mode}). Submit again with geometry "
+            "'sampled' or 'all' (CLI: --geometry sampled) to see it.")
+
+
+def _headline(q: float, qs: Sequence[float]) -> int:
+    return min(range(len(qs)), key=lambda i: abs(qs[i] - q))
+
+
+def principal_energy(result: Mapping) -> go.Figure:
+    """Share of ‖Δ‖² inside the base's top-k singular subspaces against k (% of min(m, n)),
+    element-weighted over matrices, with each side's random baseline dashed."""
+    g = geometry_summary(result)
+    if g is None:
+        return empty(geometry_missing(result))
+    xs = [100 * q for q in g["q"]]
+    fig = go.Figure()
+    for key, name, color in GEOMETRY_SIDES:
+        ys = [None if v is None else 100 * v for v in g["energy"][key]]
+        base = [100 * v for v in g["baseline"][key]]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=name, line=dict(color=color, width=2),
+                                 customdata=base, hovertemplate="k = %{x:g} % of min(m, n)<br>" + name.split()[0]
+                                 + " %{y:.3f} % (random %{customdata:.3f} %)<extra></extra>"))
+        fig.add_trace(go.Scatter(x=xs, y=base, mode="lines", name=f"{name.split()[0]} random baseline",
+                                 line=dict(color=color, width=1.5, dash="dash"), hoverinfo="skip"))
+    fig.update_xaxes(title_text="k (% of min(m, n))", tickvals=xs, ticktext=[f"{x:g} %" for x in xs])
+    fig.update_yaxes(title_text="‖Δ‖² in the top-k subspace (%)", rangemode="tozero")
+    return _layout(fig, title=f"Principal energy over {g['matrices']} matrices (element-weighted)",
+                   height=380, legend=dict(orientation="h", y=-0.22))
+
+
+def _geo_mean(records: Sequence[Mapping], pick) -> float | None:
+    """Element-weighted mean of pick(geometry) over records that have one (None values skipped)."""
+    total = acc = 0.0
+    for r in records:
+        g = r.get("geometry")
+        v = pick(g) if g else None
+        if v is not None:
+            total += r.get("numel") or 0
+            acc += (r.get("numel") or 0) * v
+    return acc / total if total else None
+
+
+def geometry_heatmap(tensors: Sequence[Mapping], q: float = 0.05) -> go.Figure:
+    """Layers x modules: two-sided principal energy at k = q min(m, n), element-weighted, one
+    block per stack; the hover puts it beside its random baseline."""
+    rows = [r for r in tensors if r.get("geometry") and r.get("layer") is not None]
+    if not rows:
+        return empty("No matrix inside a layer has update geometry.")
+    i = _headline(q, rows[0]["geometry"]["q"])
+    cells: dict = {}
+    for r in rows:
+        cells.setdefault((r.get("stack"), r["layer"], r.get("module")), []).append(r)
+    names = cell_tensors(rows)
+    stacks = sorted({k[0] for k in cells}, key=lambda s: s or "")
+    labels = N.stack_labels(stacks)
+    per_stack = {s: sorted({k[1] for k in cells if k[0] == s}) for s in stacks}
+    fig = make_subplots(rows=len(stacks), cols=1, vertical_spacing=min(0.08, 0.3 / len(stacks)),
+                        row_heights=[len(per_stack[s]) + 2 for s in stacks],
+                        subplot_titles=[labels[s] for s in stacks] if len(stacks) > 1 else None)
+    for row, stack in enumerate(stacks, start=1):
+        layers = per_stack[stack]
+        modules = _module_order({k[2] for k in cells if k[0] == stack})
+        z, text, custom = [], [], []
+        for layer in layers:
+            zr, tr, cr = [], [], []
+            for m in modules:
+                recs = cells.get((stack, layer, m))
+                if not recs:
+                    zr.append(None)
+                    tr.append("")
+                    cr.append("")
+                    continue
+                e = _geo_mean(recs, lambda g: g["energy"]["two_sided"][i])
+                b = _geo_mean(recs, lambda g: g["baseline"]["two_sided"][i])
+                zr.append(None if e is None else 100 * e)
+                tr.append(f"random {100 * b:.3f} %" + (f" · {e / b:.2f}× random" if e is not None and b else "")
+                          + f"<br>{len(recs)} tensor(s)")
+                cr.append(names[(stack, layer, m)])
+            z.append(zr)
+            text.append(tr)
+            custom.append(cr)
+        fig.add_trace(go.Heatmap(
+            z=z, x=modules, y=[str(x) for x in layers], text=text, customdata=custom, name=stack or "layers",
+            coloraxis="coloraxis", hoverongaps=False, xgap=1, ygap=1,
+            hovertemplate=f"{labels[stack]} %{{y}} · %{{x}}<br>%{{z:.3f}} % of ‖Δ‖² in the top "
+                          f"{100 * rows[0]['geometry']['q'][i]:g} %<br>%{{text}}<extra></extra>",
+        ), row=row, col=1)
+        fig.update_yaxes(title_text="layer", autorange="reversed", type="category",
+                         dtick=max(1, len(layers) // 20), row=row, col=1)
+        fig.update_xaxes(type="category", tickangle=-30, row=row, col=1)
+    fig.update_xaxes(title_text="module", row=len(stacks), col=1)
+    fig.update_layout(coloraxis=dict(colorscale=HEATMAP_SCALE, colorbar=dict(
+        title=dict(text="two-sided energy %", side="right"), thickness=12)))
+    nrows = sum(len(v) for v in per_stack.values())
+    return _layout(fig, height=max(260, min(1400, 80 + 18 * nrows + 110 * (len(stacks) - 1))))
+
+
+def geometry_layers(tensors: Sequence[Mapping], q: float = 0.05) -> go.Figure:
+    """Per layer of each stack: subspace rotation of U and V (mean sin of the principal angles
+    at k = q min(m, n)) and spectral drift, element-weighted over the layer's matrices."""
+    rows = [r for r in tensors if r.get("geometry")]
+    if not rows:
+        return empty("No matrix has update geometry.")
+    i = _headline(q, rows[0]["geometry"]["q"])
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r.get("stack"), r.get("layer")), []).append(r)
+    keys = sorted((k for k in groups if k[1] is not None), key=lambda k: (k[0] or "", k[1]))
+    names = N.layer_names(keys)
+    if (None, None) in groups:
+        keys.append((None, None))
+        names.append("outside")
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1,
+                        subplot_titles=(f"subspace rotation at k = {100 * rows[0]['geometry']['q'][i]:g} % "
+                                        "(mean sin of principal angles)", "spectral drift ‖σ(W̃) − σ(W)‖ / ‖σ(W)‖"))
+    for key, name, color in (("u_mean_sin", "U (left)", ACCENT), ("v_mean_sin", "V (right)", REFERENCE)):
+        deg = "u_max_deg" if key.startswith("u") else "v_max_deg"
+        fig.add_trace(go.Scatter(
+            x=names, y=[_geo_mean(groups[k], lambda g: g["rotation"][key][i]) for k in keys],
+            customdata=[_geo_mean(groups[k], lambda g: g["rotation"][deg][i]) for k in keys],
+            mode="lines+markers", name=name, line=dict(color=color, width=2),
+            hovertemplate="layer %{x}<br>mean sin %{y:.4f}<br>largest angle ≈ %{customdata:.2f}° "
+                          "(element-weighted)<extra>" + name + "</extra>"), row=1, col=1)
+    fig.add_trace(go.Bar(x=names, y=[_geo_mean(groups[k], lambda g: g["drift"]) for k in keys], name="drift",
+                         marker_color=MUTED, hovertemplate="layer %{x}<br>drift %{y:.3g}<extra></extra>"),
+                  row=2, col=1)
+    fig.update_xaxes(type="category", row=1, col=1)
+    fig.update_xaxes(type="category", title_text="layer", row=2, col=1)
+    fig.update_yaxes(title_text="mean sin θ", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text="drift", rangemode="tozero", row=2, col=1)
+    return _layout(fig, height=460, legend=dict(orientation="h", y=1.12))
+
+
+# ---- tensor drill-down ----------------------------------------------------------
+
+def mask_density(density: Mapping, scale: str = "linear") -> go.Figure:
+    """Where a tensor's changed elements lie: share changed per (row bin, column bin)."""
+    grid = density.get("density") or []
+    if not grid:
+        return empty("No mask for this tensor.")
+    rows, cols = density["row_edges"], density["col_edges"]
+    z = [[None if v is None else (math.log10(v) if v > 0 else None) if scale == "log" else 100 * v for v in r]
+         for r in grid]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[f"{a}–{b - 1}" for a, b in zip(cols[:-1], cols[1:])],
+        y=[f"{a}–{b - 1}" for a, b in zip(rows[:-1], rows[1:])],
+        colorscale=HEATMAP_SCALE, zmin=None if scale == "log" else 0, zmax=None if scale == "log" else 100,
+        colorbar=dict(title=dict(text="log10 share" if scale == "log" else "changed %", side="right"),
+                      thickness=12),
+        hovertemplate="rows %{y} · columns %{x}<br>" + ("log10 share %{z:.2f}" if scale == "log"
+                                                        else "%{z:.2f} % changed") + "<extra></extra>"))
+    shape = density.get("shape") or ["?", "?"]
+    fig.update_xaxes(title_text=f"columns ({N.fmt_int(shape[-1])}, {len(cols) - 1} bins)", showticklabels=False)
+    fig.update_yaxes(title_text=f"rows ({N.fmt_int(shape[0])}, {len(rows) - 1} bins)", autorange="reversed",
+                     showticklabels=False)
+    return _layout(fig, height=520, title=f"Changed elements at t = {N.fmt_tol(density.get('tolerance') or 0)}")
+
+
+def coverage_histograms(density: Mapping) -> go.Figure:
+    """How many rows (columns) have what share of their elements changed."""
+    if not density.get("row_hist"):
+        return empty("No coverage histogram.")
+    edges = density["hist_edges"]
+    labels = ["0 (untouched)"] + [f"{100 * a:g}–{100 * b:g} %" for a, b in zip(edges[:-1], edges[1:])]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(
+        f"rows: {N.fmt_pct(density['row_coverage'])} touched", f"columns: {N.fmt_pct(density['col_coverage'])} touched"))
+    for col, key, color in ((1, "row_hist", ACCENT), (2, "col_hist", REFERENCE)):
+        fig.add_trace(go.Bar(x=labels, y=density[key], marker_color=color, showlegend=False,
+                             hovertemplate="%{x} changed: %{y:,}<extra></extra>"), row=1, col=col)
+        fig.update_xaxes(type="category", tickangle=-40, title_text="share of the line changed", row=1, col=col)
+    fig.update_yaxes(title_text="rows / columns", type="log", row=1, col=1)
+    fig.update_yaxes(type="log", row=1, col=2)
+    return _layout(fig, height=340)
+
+
+def tensor_ulp(record: Mapping, buckets: Sequence[str]) -> go.Figure:
+    counts = list(record.get("ulp") or [])
+    if not any(counts):
+        return empty("No changed elements in this tensor, so no ULP distances.")
+    last = max(i for i, c in enumerate(counts) if c)
+    xs, ys = list(buckets)[: last + 2], counts[: last + 2]
+    total = sum(ys)
+    fig = go.Figure(go.Bar(x=xs, y=ys, marker_color=ACCENT, customdata=[100 * c / total for c in ys],
+                           hovertemplate="%{x} step(s)<br>%{y:,} elements (%{customdata:.2f} %)<extra></extra>"))
+    fig.update_xaxes(title_text="representable steps between base and tuned value", type="category")
+    fig.update_yaxes(title_text="elements", type="log" if max(ys) > 100 * max(min(c for c in ys if c), 1) else "linear")
+    return _layout(fig, height=300, title=f"ULP distance · {100 * counts[0] / total:.1f} % moved one step")
+
+
+def singular_spectra(record: Mapping, scale: str = "log") -> go.Figure:
+    """Singular values of W and W̃ by index (as stored: all, or the top ones plus a subsample)."""
+    g = record.get("geometry") or {}
+    sp = g.get("spectra")
+    if not sp:
+        return empty("Singular values not computed for this tensor: submit with geometry "
+                     "'sampled' or 'all' (sampled takes the first, middle and last layer of each stack).")
+    xs = [i + 1 for i in sp["index"]] if sp.get("index") else list(range(1, len(sp["base"]) + 1))
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=xs, y=sp["base"], mode="lines", name="σ(W) base", line=dict(color=MUTED, width=3)))
+    fig.add_trace(go.Scatter(x=xs, y=sp["tuned"], mode="lines", name="σ(W̃) tuned",
+                             line=dict(color=ACCENT, width=1.5, dash="dot")))
+    fig.update_xaxes(title_text="index i" + ("" if not sp.get("index") else
+                                             f" (top 256 and a subsample of {sp['rank']})"),
+                     type="log" if scale == "log" else "linear")
+    fig.update_yaxes(title_text="σ_i", type="log" if scale == "log" else "linear")
+    return _layout(fig, height=340, title=f"Singular values · drift {g.get('drift', 0):.3g}",
+                   legend=dict(orientation="h", y=1.12))

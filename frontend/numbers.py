@@ -133,15 +133,20 @@ def fmt_seconds(s: float | None) -> str:
 
 
 def pair_label(result_or_request: Mapping) -> str:
-    """'base → tuned' from a result (base/tuned dicts) or a request (base/tuned strings)."""
+    """'base → tuned' from a result (base/tuned dicts) or a request (base/tuned strings).
+    A LoRA adapter side reads '<id> (LoRA r=8, alpha=16)'."""
     def name(side):
         v = result_or_request.get(side)
+        adapter = v.get("adapter") if isinstance(v, Mapping) else None
         if isinstance(v, Mapping):
             v = v.get("id", "?")
             # local ids are absolute paths server-side; the last two parts say enough
             if v.startswith("/"):
                 v = "/".join(v.rstrip("/").split("/")[-2:])
-        return str(v or "?")
+        label = str(v or "?")
+        if isinstance(adapter, Mapping) and adapter.get("label"):
+            label += f" ({adapter['label']})"
+        return label
     return f"{name('base')} → {name('tuned')}"
 
 

@@ -156,6 +156,7 @@ def service_env(data_dir: Path, local_root: Path, redis_url: str, **extra: str) 
         "SUBNETSCOPE_DATA_DIR": str(data_dir),
         "SUBNETSCOPE_LOCAL_ROOT": str(local_root),
         "SUBNETSCOPE_DEVICE": "cpu",
+        "SUBNETSCOPE_DEMO_TRAINING": "off",  # tests/service/test_demo_training.py trains it; others need not
         "HF_HUB_OFFLINE": "1",
         "HF_HOME": str(data_dir / "hf"),
         "PYTHONUNBUFFERED": "1",

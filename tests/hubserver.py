@@ -10,6 +10,7 @@ Served, like the real Hub (including the X-Error-Code headers that
 
     GET  /api/models/{repo}[/revision/{rev}][?blobs=true]   model info with siblings
     GET  /api/models/{repo}/tree/{rev}[/{path}]              file listing
+    GET  /api/models/{repo}/refs[?include_prs=1]             branches and tags (HfApi.list_repo_refs)
     HEAD|GET /{repo}/resolve/{rev}/{path}                    file bytes, Range supported
     HEAD|GET {cdn}/blobs/{sha256}                            large files, after a redirect
 
@@ -17,7 +18,23 @@ Large files (safetensors, pickles) answer /resolve with a 302 to a second listen
 another port, as the Hub redirects them to its CDN: the client follows it and drops
 its Authorization header on the way, so a test can check no token leaves the Hub.
 
-Every request is logged with the body bytes sent, so tests can assert what was read.
+The CDN urls are presigned like S3's: `?X-Amz-Expires=<s>&X-Amz-Date=...&Expires=<epoch>
+&X-Amz-Signature=<hmac>`. After `url_lifetime` seconds (3600 by default, as the Hub's;
+a test may set a fraction of a second) a url answers 403 with S3's `AccessDenied` /
+`Request has expired` XML, and a tampered one 403 `SignatureDoesNotMatch`.
+`expire_cdn_urls()` expires every url handed out so far at once.
+
+/resolve can be rate limited as the Hub does: `throttle_resolves(n, retry_after=1)`
+answers the next n /resolve calls 429 with `Retry-After: 1`.
+
+`hang()` makes both listeners accept connections and read requests but never answer (a
+Hub that hangs, the worst case for a client: no error, only its own timeouts); `held`
+counts the requests held so far, and `unhang()` (or `stop()`) lets them go, closing
+their connections unanswered.
+
+Every request is logged (`requests`: method, path, status, range, body bytes, auth,
+arrival and completion times on `time.monotonic()`), so tests can assert what was read
+and when; `resolve_counts()` counts /resolve calls per (repo, file).
 
 In a test:
 
@@ -33,13 +50,16 @@ From a shell or another process (prints the endpoint URL, then serves until kill
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import hashlib
+import hmac
 import json
 import os
 import re
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -60,6 +80,18 @@ class Served:
     body_bytes: int
     authorization: str | None
     file: str | None = None  # repo file the bytes belong to, when any
+    started: float = 0.0  # time.monotonic() when the request arrived
+    finished: float = 0.0  # time.monotonic() when the response was sent
+    headers: dict = field(default_factory=dict)  # response headers (Retry-After, Location, ...)
+    query: str = ""  # the raw query string (a CDN url's signature and expiry)
+
+    @property
+    def resolved(self) -> tuple[str, str] | None:
+        """(repo, file) of a /resolve call, whatever its status."""
+        if "/resolve/" not in self.path:
+            return None
+        repo, _, rest = self.path.lstrip("/").partition("/resolve/")
+        return repo, rest.partition("/")[2]
 
 
 @dataclass
@@ -71,8 +103,11 @@ class Commit:
 
 
 class HubError(Exception):
-    def __init__(self, status: int, code: str | None, message: str, *, size: int = 0):
+    def __init__(self, status: int, code: str | None, message: str, *, size: int = 0,
+                 headers: dict | None = None, s3: str | None = None):
         self.status, self.code, self.message, self.size = status, code, message, size
+        self.headers = headers or {}
+        self.s3 = s3  # an S3 error code: answered as S3 does (XML body, no X-Error-* headers)
 
 
 class HubServer:
@@ -92,18 +127,28 @@ class HubServer:
         host: str = "127.0.0.1",
         port: int = 0,
         lfs_redirect: bool = True,
+        url_lifetime: float = 3600.0,
+        cdn_delay: float = 0.0,
     ):
         self.root = Path(root)
         self.gated = {k: set(v) for k, v in (gated or {}).items()}
         self.private = {k: set(v) for k, v in (private or {}).items()}
         self.lfs_redirect = lfs_redirect
+        self.tags: dict[str, set[str]] = {}  # repo id -> refs (`org/name@rev` dirs) listed as tags, not branches
+        self.url_lifetime = url_lifetime  # seconds a presigned CDN url stays valid (may be changed live)
+        self.cdn_delay = cdn_delay  # seconds each CDN answer waits (a slow link: a run outlives a url)
+        self._key = os.urandom(16)  # signs CDN urls
+        self._throttle: list[tuple[re.Pattern, int]] = []  # (path pattern, Retry-After) for the next /resolve calls
         self.requests: list[Served] = []
         self._lock = threading.Lock()
         self._commits: dict[tuple[str, str], Commit] = {}  # (repo, sha) -> commit
         self._branch_cache: dict[tuple[str, str], tuple[tuple, str]] = {}  # (repo, ref) -> (signature, sha)
         self._blobs: dict[str, tuple[str, str, bytes]] = {}  # sha256 -> (repo, path, content)
-        self._failures: list[tuple[re.Pattern, int]] = []  # (url pattern, status) for the next matching requests
+        self._failures: list[tuple[re.Pattern, int, int | None]] = []  # (url pattern, status, Retry-After)
         self._signature = 0  # CDN urls carry it; bumping it expires every url handed out so far
+        self._answering = threading.Event()  # cleared by hang(): requests are held, never answered
+        self._answering.set()
+        self.held = 0  # requests held unanswered while hanging
         self._hub = _Listener(self, host, port, cdn=False)
         self._cdn = _Listener(self, host, 0, cdn=True)
 
@@ -123,6 +168,7 @@ class HubServer:
         return self
 
     def stop(self) -> None:
+        self._answering.set()  # let held requests go, so their threads end
         self._hub.stop()
         self._cdn.stop()
 
@@ -140,15 +186,33 @@ class HubServer:
 
     # --- test helpers -----------------------------------------------------------------
 
-    def fail_next(self, count: int, *, status: int = 503, match: str = "") -> None:
-        """Answer the next `count` requests whose path matches `match` with `status`."""
+    def fail_next(self, count: int, *, status: int = 503, match: str = "", retry_after: int | None = None) -> None:
+        """Answer the next `count` requests whose path matches `match` with `status` (and Retry-After)."""
         with self._lock:
-            self._failures.extend((re.compile(match), status) for _ in range(count))
+            self._failures.extend((re.compile(match), status, retry_after) for _ in range(count))
+
+    def hang(self) -> None:
+        """From now on accept connections and never answer, until `unhang()`."""
+        self._answering.clear()
+
+    def unhang(self) -> None:
+        """Answer again; requests held meanwhile get their connection closed, unanswered."""
+        self._answering.set()
 
     def expire_cdn_urls(self) -> None:
         """Make every CDN url handed out so far answer 403, as signed urls do when they expire."""
         with self._lock:
             self._signature += 1
+
+    def throttle_resolves(self, count: int, *, retry_after: int = 1, match: str = "") -> None:
+        """Answer the next `count` /resolve calls whose path matches `match` with 429 + Retry-After."""
+        with self._lock:
+            self._throttle.extend((re.compile(match), retry_after) for _ in range(count))
+
+    def resolve_counts(self) -> collections.Counter:
+        """/resolve calls per (repo, file), every status included."""
+        with self._lock:
+            return collections.Counter(r.resolved for r in self.requests if r.resolved)
 
     def clear_log(self) -> None:
         with self._lock:
@@ -167,6 +231,42 @@ class HubServer:
 
     def commit_sha(self, repo: str, ref: str = "main") -> str:
         return self._resolve(repo, ref).sha
+
+    # --- presigned CDN urls -------------------------------------------------------------
+
+    def _sign(self, oid: str, expires: str, generation: str) -> str:
+        return hmac.new(self._key, f"{oid}\n{expires}\n{generation}".encode(), hashlib.sha256).hexdigest()
+
+    def _presign(self, oid: str, repo: str) -> str:
+        """The query string of a CDN url for blob `oid`, valid for `url_lifetime` seconds from now."""
+        now = time.time()
+        with self._lock:
+            generation = str(self._signature)
+        expires = f"{now + self.url_lifetime:.3f}"
+        return (f"repo={quote(repo, safe='')}&X-Amz-Algorithm=AWS4-HMAC-SHA256"
+                f"&X-Amz-Date={time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}"
+                f"&X-Amz-Expires={max(1, round(self.url_lifetime))}&Expires={expires}&X-Amz-Generation={generation}"
+                f"&X-Amz-Signature={self._sign(oid, expires, generation)}")
+
+    def _check_presigned(self, oid: str, params: dict) -> None:
+        expires, generation = params.get("Expires", ""), params.get("X-Amz-Generation", "")
+        signature = params.get("X-Amz-Signature", "")
+        if not hmac.compare_digest(signature, self._sign(oid, expires, generation)):
+            raise HubError(403, None, "The request signature we calculated does not match the signature you provided.",
+                           s3="SignatureDoesNotMatch")
+        with self._lock:
+            current = str(self._signature)
+        if generation != current or time.time() > float(expires):
+            raise HubError(403, None, "Request has expired", s3="AccessDenied")
+
+    def _throttled(self, path: str) -> int | None:
+        """Retry-After for this /resolve call when it is to be rate limited."""
+        with self._lock:
+            for i, (pattern, retry_after) in enumerate(self._throttle):
+                if pattern.search(path):
+                    del self._throttle[i]
+                    return retry_after
+        return None
 
     # --- the repository model ---------------------------------------------------------
 
@@ -250,6 +350,22 @@ class HubServer:
             "library_name": "transformers",
             "siblings": [self._sibling(commit, n, blobs) for n in names],
         }
+
+    def refs(self, repo: str, token: str | None, include_prs: bool = False) -> dict:
+        """Branches (`main` and every `org/name@rev` dir) and tags (`self.tags`), as the Hub's /refs answers."""
+        self._authorize(repo, token, files=False)
+        folder = self.root / repo
+        names = ["main"] + sorted(p.name[len(folder.name) + 1:] for p in folder.parent.iterdir()
+                                  if p.is_dir() and p.name.startswith(folder.name + "@"))
+        tags = self.tags.get(repo, set())
+        body: dict = {"branches": [], "converts": [], "tags": []}
+        for name in names:
+            kind = "tags" if name in tags else "branches"
+            body[kind].append({"name": name, "ref": f"refs/{'tags' if kind == 'tags' else 'heads'}/{name}",
+                               "targetCommit": self._resolve(repo, name).sha})
+        if include_prs:
+            body["pullRequests"] = []
+        return body
 
     def tree(self, repo: str, rev: str, path: str, token: str | None) -> list[dict]:
         self._authorize(repo, token, files=False)
@@ -342,18 +458,31 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         self._file: str | None = None
+        self._started = time.monotonic()
+        if not self.hub._answering.is_set():
+            with self.hub._lock:
+                self.hub.held += 1
+            self.hub._answering.wait()
+            self.close_connection = True
+            return
         raw_path, _, query = self.path.partition("?")
         params = {k: v[-1] for k, v in parse_qs(query).items()}
         token = self._token()
         try:
             failure = self._injected_failure(unquote(raw_path))
             if failure:
-                raise HubError(failure, None, "injected failure")
+                status, retry_after = failure
+                raise HubError(status, None, "injected failure",
+                               headers={"Retry-After": str(retry_after)} if retry_after is not None else None)
             if self.cdn:
                 return self._blob(raw_path, params)
             if raw_path.startswith("/api/models/"):
                 return self._api(raw_path[len("/api/models/"):], params, token)
             if "/resolve/" in raw_path:
+                retry_after = self.hub._throttled(unquote(raw_path))
+                if retry_after is not None:
+                    raise HubError(429, None, "You have been rate-limited; you can retry this action in about "
+                                              f"{retry_after} seconds.", headers={"Retry-After": str(retry_after)})
                 return self._resolve_file(raw_path, token)
             raise HubError(404, None, "Not found")
         except HubError as err:
@@ -361,12 +490,12 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
 
-    def _injected_failure(self, path: str) -> int | None:
+    def _injected_failure(self, path: str) -> tuple[int, int | None] | None:
         with self.hub._lock:
-            for i, (pattern, status) in enumerate(self.hub._failures):
+            for i, (pattern, status, retry_after) in enumerate(self.hub._failures):
                 if pattern.search(path):
                     del self.hub._failures[i]
-                    return status
+                    return status, retry_after
         return None
 
     def _token(self) -> str | None:
@@ -376,12 +505,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _api(self, rest: str, params: dict, token: str | None) -> None:
         # {org}/{name}[/revision/{rev}] or {org}/{name}/tree/{rev}[/{path}]; rev is quoted with safe=''.
         parts = rest.split("/")
-        repo_parts, tail = (parts[:2], parts[2:]) if len(parts) >= 2 and parts[1] not in ("revision", "tree") else (parts[:1], parts[1:])
+        repo_parts, tail = (parts[:2], parts[2:]) if len(parts) >= 2 and parts[1] not in ("revision", "tree", "refs") else (parts[:1], parts[1:])
         repo = unquote("/".join(repo_parts))
         if not tail:
             body = self.hub.model_info(repo, None, token, params.get("blobs", "").lower() == "true")
         elif tail[0] == "revision" and len(tail) == 2:
             body = self.hub.model_info(repo, unquote(tail[1]), token, params.get("blobs", "").lower() == "true")
+        elif tail == ["refs"]:
+            body = self.hub.refs(repo, token, params.get("include_prs", "") in ("1", "true", "True"))
         elif tail[0] == "tree" and len(tail) >= 2:
             body = self.hub.tree(repo, unquote(tail[1]), unquote("/".join(tail[2:])), token)
         else:
@@ -406,8 +537,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.hub.lfs_redirect and self.hub._is_lfs(name):
             # The Hub answers large files with a redirect to its CDN, carrying their metadata.
             headers.update({
-                "Location": f"{self.hub.cdn_url}/blobs/{commit.lfs_oids[name]}"
-                            f"?repo={quote(repo, safe='')}&signature={self.hub._signature}",
+                "Location": f"{self.hub.cdn_url}/blobs/{commit.lfs_oids[name]}?{self.hub._presign(commit.lfs_oids[name], repo)}",
                 "X-Linked-Size": str(len(data)),
                 "X-Linked-Etag": f'"{commit.lfs_oids[name]}"',
                 "Content-Type": "text/plain; charset=utf-8",
@@ -421,11 +551,11 @@ class _Handler(BaseHTTPRequestHandler):
         oid = raw_path.rsplit("/", 1)[-1]
         with self.hub._lock:
             blob = self.hub._blobs.get(oid)
-            signature = str(self.hub._signature)
         if not raw_path.startswith("/blobs/") or blob is None:
             raise HubError(404, None, "NoSuchKey")
-        if params.get("signature") != signature:
-            raise HubError(403, None, "Request has expired")
+        self.hub._check_presigned(oid, params)
+        if self.hub.cdn_delay:
+            time.sleep(self.hub.cdn_delay)
         self._file = blob[1]
         self._send_bytes(blob[2], {"ETag": f'"{oid}"', "Accept-Ranges": "bytes"})
 
@@ -453,7 +583,11 @@ class _Handler(BaseHTTPRequestHandler):
         })
 
     def _error(self, err: HubError) -> None:
-        headers = {"Content-Type": "application/json", "X-Error-Message": err.message}
+        if err.s3:
+            body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{err.s3}</Code>'
+                    f"<Message>{err.message}</Message></Error>").encode()
+            return self._send(err.status, body, {"Content-Type": "application/xml", **err.headers})
+        headers = {"Content-Type": "application/json", "X-Error-Message": err.message, **err.headers}
         if err.code:
             headers["X-Error-Code"] = err.code
         if err.status == 416:
@@ -465,16 +599,20 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in headers.items():
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        sent = 0
-        if self.command != "HEAD" and body:
-            self.wfile.write(body)
-            sent = len(body)
+        sent = len(body) if self.command != "HEAD" else 0
+        # Logged before anything goes out, so a client that has its answer finds it in the log;
+        # `finished` is when the answer was ready to send (bodies here are small).
         with self.hub._lock:
             self.hub.requests.append(Served(
                 self.command, unquote(self.path.partition("?")[0]), status, self.headers.get("Range"), sent,
                 self.headers.get("Authorization"), self._file if status < 400 else None,
+                getattr(self, "_started", time.monotonic()), time.monotonic(), dict(headers),
+                self.path.partition("?")[2],
             ))
+        self.end_headers()
+        if sent:
+            self.wfile.write(body)
+        self.wfile.flush()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -484,6 +622,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--gated", action="append", default=[], metavar="REPO=TOKEN")
     parser.add_argument("--private", action="append", default=[], metavar="REPO=TOKEN")
+    parser.add_argument("--url-lifetime", type=float, default=3600.0, help="seconds a presigned CDN url is valid")
     args = parser.parse_args(argv)
 
     def access(items: list[str]) -> dict[str, set[str]]:
@@ -493,7 +632,8 @@ def main(argv: list[str] | None = None) -> None:
             out.setdefault(repo, set()).update({token} if token else set())
         return out
 
-    server = HubServer(args.root, gated=access(args.gated), private=access(args.private), host=args.host, port=args.port)
+    server = HubServer(args.root, gated=access(args.gated), private=access(args.private), host=args.host, port=args.port,
+                       url_lifetime=args.url_lifetime)
     server.start()
     print(server.url, flush=True)
     try:

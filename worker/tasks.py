@@ -85,15 +85,17 @@ class _Heartbeat:
                 log.warning("heartbeat for %s failed", self.aid, exc_info=True)
 
 
-def _reopen(spec: dict, token: str | None):
+def _reopen(spec: dict, token: str | None, base=None):
+    """`base`: the reopened base, onto which a LoRA adapter is merged (never the one its config names)."""
     settings = get_settings()
+    where = {"subfolder": spec.get("subfolder"), "file": spec.get("file")}  # inside the checkpoint
     if spec["kind"] == "local":
         # Re-checked against the root: the directory may have become a symlink since submission.
-        parsed = parse_source(spec["id"], local_root=settings.checkpoints_root, allow_any_path=False)
-        parsed = SourceSpec("local", parsed.id, None, display=spec.get("display") or parsed.display)
+        parsed = parse_source(spec["id"], local_root=settings.checkpoints_root, allow_any_path=False, **where)
+        parsed = SourceSpec("local", parsed.id, None, display=spec.get("display") or parsed.display, **where)
     else:
-        parsed = SourceSpec("hub", spec["id"], spec["revision"], display=spec.get("display") or spec["id"])
-    return open_source(parsed, token=token)
+        parsed = SourceSpec("hub", spec["id"], spec["revision"], display=spec.get("display") or spec["id"], **where)
+    return open_source(parsed, token=token, base=base, local_root=settings.checkpoints_root, allow_any_path=False)
 
 
 def run_analysis(analysis_id: str) -> str:
@@ -148,14 +150,26 @@ def run_analysis(analysis_id: str) -> str:
         return FAILED
     store.finish_run(analysis_id, DONE, result=result)
     log.info("analysis %s done", analysis_id)
+    _training_runs_may_reduce(store, settings, analysis_id)
     return DONE
+
+
+def _training_runs_may_reduce(store: Store, settings, analysis_id: str) -> None:
+    """Training runs waiting for this analysis are reduced once all theirs are done (app/runs.py).
+    A failure here never fails the analysis: the janitor's sweep checks the runs again."""
+    try:
+        from app.runs import analysis_finished
+
+        analysis_finished(store, settings, analysis_id)
+    except Exception:
+        log.warning("analysis %s: could not check the training runs waiting for it", analysis_id, exc_info=True)
 
 
 def _compute(store: Store, settings, aid: str, request: dict, specs: dict, resume: dict, beat: _Heartbeat) -> dict:
     token = unseal(settings, store.get_token(aid)) or settings.hf_token
     base = _reopen(specs["base"], token)
     try:
-        tuned = _reopen(specs["tuned"], token)
+        tuned = _reopen(specs["tuned"], token, base=base)
     except BaseException:
         base.close()
         raise
@@ -168,7 +182,7 @@ def _compute(store: Store, settings, aid: str, request: dict, specs: dict, resum
                     "submit it again to analyse the new files.",
                 )
         options = AnalysisOptions(tolerance=float(request["tolerance"]), rank=request["rank"],
-                                  device=settings.device)
+                                  geometry=request.get("geometry", "off"), device=settings.device)
         masks_dir = Path(settings.artifacts_dir) / aid
         masks_dir.mkdir(parents=True, exist_ok=True)
 
@@ -245,4 +259,49 @@ def run_overlap(overlap_id: str) -> str:
             "code": "internal", "message": "The overlap stopped on an internal error; the worker log has the details."})
         return FAILED
     store.finish_overlap(overlap_id, DONE, result=result)
+    return DONE
+
+
+def run_dynamics(run_id: str) -> str:
+    """Reduce a training run (app/runs.py) from its finished analyses' results and masks."""
+    import types
+
+    from app.runs import reduce_points
+
+    settings = get_settings()
+    job, r = _redis()
+    store = Store(r)
+    raw = store.get_training_run(run_id)
+    if raw is None or raw.get("status") == DONE:
+        return raw.get("status", "missing") if raw else "missing"
+    owner = _owner(job)
+    if not store.start_reduce(run_id, owner):
+        log.info("training run %s is not ready or already being reduced; this job stops", run_id)
+        return "duplicate"
+    beat_store = types.SimpleNamespace(refresh_run=store.refresh_reduce)  # _Heartbeat on the run's own key
+    try:
+        with _Heartbeat(beat_store, run_id, owner) as beat:
+            def progress(done: int, total: int) -> None:
+                if beat.lost:
+                    raise RunLost()
+
+            result = reduce_points(store, settings, run_id, json.loads(raw["request"]), on_progress=progress)
+    except RunLost:
+        log.warning("training run %s: reduce lost its claim; another worker continues it", run_id)
+        return "lost"
+    except EngineError as e:
+        log.info("training run %s failed: [%s] %s", run_id, e.code, e.message)
+        store.finish_reduce(run_id, FAILED, error=e.to_dict())
+        return FAILED
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        log.warning("training run %s: lost Redis mid-reduce; the janitor queues it again", run_id)
+        raise
+    except Exception:
+        log.exception("training run %s: internal error", run_id)
+        store.finish_reduce(run_id, FAILED, error={
+            "code": "internal", "message": "The reduce of this run stopped on an internal error; the worker log "
+                                           f"has the details. POST /api/runs/{run_id}/retry runs it again."})
+        return FAILED
+    store.finish_reduce(run_id, DONE, result=result)
+    log.info("training run %s done", run_id)
     return DONE

@@ -8,9 +8,10 @@ from app.settings import Settings
 from app.store import Store
 
 
-def get_store(request: Request) -> Store:
+# async, so FastAPI resolves them on the event loop instead of a thread-pool hop per request.
+async def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
 
+from app import reads
 from app.api.deps import get_app_settings, get_store
 from app.jobs import Refused, submit_overlap, valid_id
 from app.schemas import ErrorBody, Overlap, OverlapRequest, Submission
 from app.settings import Settings
-from app.store import Store
+from app.store import Store, dumps, overlap_key
 from app.views import iso
 
 router = APIRouter(prefix="/api/overlaps", tags=["overlaps"])
@@ -26,17 +27,28 @@ def submit(body: OverlapRequest, store: Store = Depends(get_store), settings: Se
                          "api_url": f"/api/overlaps/{sub.id}"}, status_code=202 if sub.status != "done" else 200)
 
 
-@router.get("/{overlap_id}", response_model=Overlap, responses={404: {"model": ErrorBody}})
-def read(overlap_id: str, store: Store = Depends(get_store)):
-    raw = store.get_overlap_raw(overlap_id) if valid_id(overlap_id) else None
-    if raw is None:
-        raise Refused(404, "unknown_overlap", f"No overlap with id {overlap_id!r}.")
-    return {
-        "id": overlap_id,
-        "status": raw["status"],
-        "analyses": json.loads(raw["request"])["analyses"],
-        "error": json.loads(raw["error"]) if raw.get("error") else None,
-        "created_at": iso(raw.get("created_at")),
-        "updated_at": iso(raw.get("updated_at")),
-        "result": json.loads(raw["result"]) if raw.get("result") else None,
-    }
+@router.get("/{overlap_id}", response_model=Overlap, responses={304: {"description": "Not modified (ETag)"},
+                                                                 404: {"model": ErrorBody}})
+async def read(overlap_id: str, request: Request, store: Store = Depends(get_store)):
+    """Status and, once done, the overlap; a finished one is served from memory with an ETag (app/reads.py)."""
+    def load():
+        raw = store.get_overlap_raw(overlap_id) if valid_id(overlap_id) else None
+        if raw is None:
+            raise Refused(404, "unknown_overlap", f"No overlap with id {overlap_id!r}.")
+        head = dumps({
+            "id": overlap_id,
+            "status": raw["status"],
+            "analyses": json.loads(raw["request"])["analyses"],
+            "error": json.loads(raw["error"]) if raw.get("error") else None,
+            "created_at": iso(raw.get("created_at")),
+            "updated_at": iso(raw.get("updated_at")),
+        })
+        # The result is spliced in as stored (already strict JSON), not decoded and encoded again.
+        body = f'{head[:-1]}, "result": {raw.get("result") or "null"}}}'
+        if raw["status"] == "done":
+            return reads.encode(body, "application/json", reads.validator(raw))
+        return Response(body, media_type="application/json")
+
+    if not valid_id(overlap_id):
+        return load()
+    return await request.app.state.reads.serve(request, ("overlap", overlap_id), overlap_key(overlap_id), load)

@@ -24,6 +24,8 @@ def register(sub) -> None:
     serve.add_argument("--host", help="address to bind (default: SUBNETSCOPE_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: SUBNETSCOPE_PORT or 8000)")
     serve.add_argument("--workers", type=int, help="embedded mode: worker processes to start")
+    serve.add_argument("--web-workers", type=int, dest="web_workers",
+                       help="web processes on the port (default: SUBNETSCOPE_WEB_WORKERS or min(4, cores))")
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser(
@@ -69,12 +71,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.settings import get_settings
 
     settings = get_settings()
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v}
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers),
+                                   ("web_workers", getattr(args, "web_workers", None))) if v}
     if overrides:
         settings = settings.model_copy(update=overrides)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     demo = ensure_demo(settings.checkpoints_root)
     log.info("demo checkpoints in %s (analyse them as local:demo/base, local:demo/rl_a, ...)", demo)
+    from app import demo_training
+
+    (settings.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+    # The trained family (a small Llama, SFT and RL runs) trains in a child process: pages answer meanwhile.
+    trainer = demo_training.start(settings.checkpoints_root, settings.demo_training,
+                                  log_file=settings.data_dir / "logs" / "demo-training.log")
 
     embedded = None
     try:
@@ -82,20 +91,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
             embedded = Embedded(settings.data_dir, workers=settings.workers)
             url = embedded.start()
             settings = settings.model_copy(update={"redis_url": url})
-        app = create_app(settings)
-        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
-                                access_log=True, proxy_headers=True)
-        server = uvicorn.Server(config)
-        log.info("Subnetscope at http://%s:%d (API docs at /docs)", settings.host, settings.port)
-        try:
-            server.run()  # returns after SIGTERM
-        except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after a clean shutdown
-            pass
+        log.info("Subnetscope at http://%s:%d (API docs at /docs), %d web process(es)", settings.host,
+                 settings.port, settings.web_workers)
+        if settings.web_workers > 1:
+            _serve_processes(settings)
+        else:
+            config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+                                    access_log=True, proxy_headers=True)
+            try:
+                uvicorn.Server(config).run()  # returns after SIGTERM
+            except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after a clean shutdown
+                pass
     finally:
+        demo_training.stop(trainer)
         if embedded is not None:
             log.info("stopping the embedded worker(s) and Redis")
             embedded.stop()
     return 0
+
+
+def _serve_processes(settings) -> None:
+    """`settings.web_workers` uvicorn processes on one socket, each building the app from the
+    environment (app.main:app_from_env); the supervisor restarts one that dies and stops them all
+    on SIGINT/SIGTERM. Each has its own read cache and Dash callbacks; the state they share is in Redis."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    # The processes are spawned: they see what this one resolved (the embedded Redis) only through the environment.
+    os.environ["SUBNETSCOPE_REDIS_URL"] = settings.redis_url
+    config = uvicorn.Config("app.main:app_from_env", factory=True, host=settings.host, port=settings.port,
+                            workers=settings.web_workers, log_level="info", access_log=True, proxy_headers=True)
+    Multiprocess(config, sockets=[config.bind_socket()]).run()
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -17,9 +17,10 @@ from .. import numbers as N
 from ..apiclient import ApiError, message
 from .picker import label
 from .shell import badge, card, notice, stat
+from .tensor import href as tensor_href
 
 TABS = (("overview", "Tolerance"), ("layers", "Layers × modules"), ("tensors", "Tensors"),
-        ("precision", "Precision (ULP)"), ("rank", "Rank"))
+        ("precision", "Precision (ULP)"), ("rank", "Rank"), ("geometry", "Geometry"))
 METRICS = ("sparsity", "density")
 SLIDER_ZERO = -10.0   # slider position standing for t = 0 (bit-exact)
 GRAPH_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "svg"}}
@@ -136,6 +137,8 @@ def _meta(analysis: dict) -> str:
         parts.append(f"t = {N.fmt_tol(float(opts['tolerance']))}")
     if opts.get("rank"):
         parts.append(f"rank {opts['rank']}")
+    if opts.get("geometry") and opts["geometry"] != "off":
+        parts.append(f"geometry {opts['geometry']}")
     summary = result.get("summary") or {}
     if summary.get("seconds") is not None:
         parts.append(f"{summary['seconds']:.1f} s on {summary.get('device', '?')}")
@@ -344,10 +347,43 @@ def tab_content(result: dict, tab: str, t: float, metric: str):
                        className="muted small")]
     if tab == "rank":
         return [g(F.rank_chart(result), "fig-rank")]
+    if tab == "geometry":
+        return geometry_content(result, g)
     return [html.Div(className="two-col", children=[
         html.Div(g(F.tolerance_curve(result, t, metric), "fig-curve"), className="col-wide"),
         html.Div([html.H3("Exact counts"), exact_table(result, t)], className="col-narrow"),
     ])]
+
+
+def geometry_content(result: dict, g):
+    if F.geometry_summary(result) is None:
+        return [notice(F.geometry_missing(result), "info", id="geo-missing"),
+                html.P(["Geometry asks where the update points: the share of ‖Δ‖² inside the base's top-k "
+                        "singular subspaces, how far those subspaces turn and how the spectrum moves "
+                        "(three float64 SVDs per matrix). API: ", html.Code('"geometry": "sampled"'),
+                        "; CLI: ", html.Code("subnetscope analyze BASE TUNED --geometry sampled"), "."],
+                       className="muted small")]
+    s = F.geometry_summary(result)
+    i = F._headline(0.05, s["q"])
+    rot = s["rotation"]
+    return [
+        html.Div(className="stats", id="geo-cards", children=[
+            stat("Principal energy at k = 5 %", html.Span(N.fmt_pct(s["energy"]["two_sided"][i], 3), id="geo-energy"),
+                 f"two-sided, element-weighted; random {N.fmt_pct(s['baseline']['two_sided'][i], 3)}"),
+            stat("Subspace rotation (U / V)", html.Span(f"{rot['u_mean_sin'][i]:.4f} / {rot['v_mean_sin'][i]:.4f}",
+                                                        id="geo-rotation"),
+                 f"mean sin of principal angles at k = 5 %; largest {rot['u_max_deg'][i]:.2f}° / "
+                 f"{rot['v_max_deg'][i]:.2f}° (means)"),
+            stat("Spectral drift", html.Span(f"{s['drift']:.3g}" if s.get("drift") is not None else "–",
+                                             id="geo-drift"),
+                 f"over {s['matrices']} matrices ({s.get('mode', '?')}); SVDs took {s.get('seconds', 0):.1f} s"),
+        ]),
+        g(F.principal_energy(result), "fig-geo-energy"),
+        html.H3("Layers × modules: two-sided principal energy at k = 5 % (click a cell for the tensor)"),
+        g(F.geometry_heatmap(result.get("tensors") or []), "fig-geo-heatmap"),
+        html.H3("Per layer: subspace rotation and spectral drift"),
+        g(F.geometry_layers(result.get("tensors") or []), "fig-geo-layers"),
+    ]
 
 
 # ---- callbacks ----------------------------------------------------------------
@@ -426,16 +462,35 @@ def register(app, api):
         return (cards(result, t), warnings_block(result), content, N.fmt_tol(t),
                 no_update if search == new_search else new_search)
 
+    def _go(analysis_id, click):
+        name = ((click or {}).get("points") or [{}])[0].get("customdata")
+        if not name:
+            raise PreventUpdate
+        return tensor_href(analysis_id, name), ""
+
+    for graph in ("fig-heatmap", "fig-geo-heatmap"):
+        app.callback(Output("url", "pathname", allow_duplicate=True), Output("url", "search", allow_duplicate=True),
+                     Input(graph, "clickData"), State("an-id", "data"), prevent_initial_call=True,
+                     )(lambda click, analysis_id: _go(analysis_id, click))
+
+    @app.callback(Output("url", "pathname", allow_duplicate=True), Output("url", "search", allow_duplicate=True),
+                  Input("tensor-table", "active_cell"), State("tensor-table", "derived_viewport_data"),
+                  State("an-id", "data"), prevent_initial_call=True)
+    def open_tensor(cell, rows, analysis_id):
+        if not cell or not rows or cell.get("row") is None or cell["row"] >= len(rows):
+            raise PreventUpdate
+        return tensor_href(analysis_id, rows[cell["row"]]["name"]), ""
+
     @app.callback(
         Output("an-retry-msg", "children"), Output("an-tick", "disabled", allow_duplicate=True),
         Output("an-state", "data", allow_duplicate=True),
-        Input("an-retry", "n_clicks"), State("an-id", "data"), prevent_initial_call=True,
+        Input("an-retry", "n_clicks"), State("an-id", "data"), State("api-token", "data"), prevent_initial_call=True,
     )
-    async def retry(n, analysis_id):
+    async def retry(n, analysis_id, api_token):
         if not n:
             raise PreventUpdate
         try:
-            await api.request("POST", f"/api/analyses/{analysis_id}/retry")
+            await api.request("POST", f"/api/analyses/{analysis_id}/retry", token=api_token)
         except Exception as err:  # noqa: BLE001 - shown to the user
             return message(err), no_update, no_update
         return "Resubmitted; finished tensors are reused.", False, {"status": "retrying"}

@@ -46,13 +46,17 @@ def numbers_table(ids: list[str], analyses: list, t: float):
     cols = [x for x in N.EXACT_TOLERANCES]
     head = [html.Th("Pair"), html.Th("Elements", className="num")] + [
         html.Th(N.fmt_tol(x), className="num" + (" col-current" if x == t else "")) for x in cols] + [
-        html.Th("Study (1e-5)", className="num"), html.Th("Mean rank", className="num")]
+        html.Th("Study (1e-5)", className="num"), html.Th("Mean rank", className="num"),
+        html.Th("Principal energy 5 %", className="num", title="two-sided share of ‖Δ‖² in the base's top 5 % "
+                "singular subspaces (random baseline in brackets), element-weighted"),
+        html.Th("Rotation U / V", className="num", title="mean sin of the principal angles at k = 5 %"),
+        html.Th("Drift", className="num", title="‖σ(W̃) − σ(W)‖ / ‖σ(W)‖, element-weighted")]
     rows = []
     for aid, a in zip(ids, analyses):
         if isinstance(a, Exception) or not (a.get("result")):
             why = message(a) if isinstance(a, Exception) else f"status: {a.get('status')}"
             rows.append(html.Tr([html.Td(html.A(aid, href=f"/a/{aid}")),
-                                 html.Td(why, colSpan=len(cols) + 3, className="muted")]))
+                                 html.Td(why, colSpan=len(cols) + 6, className="muted")]))
             continue
         r = a["result"]
         summary = r.get("summary") or {}
@@ -66,10 +70,23 @@ def numbers_table(ids: list[str], analyses: list, t: float):
             html.Td(N.fmt_int(summary.get("numel")), className="num"), *cells,
             html.Td(f"{ref:.2f} %" if ref is not None else "–", className="num ref"),
             html.Td(N.fmt_pct(N.mean_rank(r), 1) if N.mean_rank(r) is not None else "–", className="num"),
+            *geometry_cells(r),
         ], **{"data-id": aid}))
     return html.Div(className="table-scroll", children=html.Table(
         className="table", id="compare-table",
         children=[html.Thead(html.Tr(head)), html.Tbody(rows)]))
+
+
+def geometry_cells(result: dict) -> list:
+    """Principal energy at 5 % (random), rotation U / V, drift: '–' where geometry was off."""
+    g = F.geometry_summary(result)
+    if g is None:
+        return [html.Td("–", className="num muted", title="geometry off") for _ in range(3)]
+    i = F._headline(0.05, g["q"])
+    e, b, rot = g["energy"]["two_sided"][i], g["baseline"]["two_sided"][i], g["rotation"]
+    return [html.Td([N.fmt_pct(e, 3), html.Span(f" ({N.fmt_pct(b, 3)})", className="muted")], className="num geo"),
+            html.Td(f"{rot['u_mean_sin'][i]:.4f} / {rot['v_mean_sin'][i]:.4f}", className="num geo"),
+            html.Td(f"{g['drift']:.3g}" if g.get("drift") is not None else "–", className="num geo")]
 
 
 def register(app, api):

@@ -24,7 +24,15 @@ STUDY_PAIRS = (
 )
 DEMO_PAIRS = tuple(("local:demo/base", f"local:demo/{name}", f"demo · {name}")
                    for name in ("sft", "rl_a", "rl_b", "resized"))
-EXAMPLES = STUDY_PAIRS + DEMO_PAIRS
+# A small Llama pretrained on addition, then finetuned by SFT and by RL (worker/engine/trained_demo.py);
+# `serve` trains it in the background, so its chips appear once GET /api/demo says it is ready.
+TRAINED_PAIRS = (("local:demo/trained/base", "local:demo/trained/sft", "trained · SFT"),
+                 ("local:demo/trained/base", "local:demo/trained/rl", "trained · RL"))
+EXAMPLES = STUDY_PAIRS + DEMO_PAIRS + TRAINED_PAIRS
+# The trained family's two runs (checkpoint-<step>/ folders), against the pretrained base, so step 0
+# is the model they started from: POST /api/runs, then the run page /r/<id>.
+TRAINED_RUNS = (("local:demo/trained/base", "local:demo/trained/sft_run", "SFT run"),
+                ("local:demo/trained/base", "local:demo/trained/rl_run", "RL run"))
 
 
 def layout(query: dict):
@@ -35,11 +43,13 @@ def layout(query: dict):
         html.P("Compare a finetuned checkpoint with its base, tensor by tensor: which elements "
                "changed, where, and by how many representable steps.", className="muted"),
         html.Div(className="form-grid", children=[
-            _field("Base model", dcc.Input(id="f-base", type="text", placeholder="org/name or local:dir",
+            _field("Base model", dcc.Input(id="f-base", type="text",
+                                           placeholder="org/name or local:dir (empty: a LoRA adapter's own base)",
                                            debounce=False, className="input", value=query.get("base", ""))),
             _field("Base revision", dcc.Input(id="f-base-rev", type="text", placeholder="main",
                                               className="input")),
-            _field("Finetuned model", dcc.Input(id="f-tuned", type="text", placeholder="org/name or local:dir",
+            _field("Finetuned model", dcc.Input(id="f-tuned", type="text",
+                                                placeholder="org/name or local:dir (a model or a LoRA adapter)",
                                                 className="input", value=query.get("tuned", ""))),
             _field("Finetuned revision", dcc.Input(id="f-tuned-rev", type="text", placeholder="main",
                                                    className="input")),
@@ -53,6 +63,11 @@ def layout(query: dict):
             _field("Hub token (optional; used once, never stored or shown)",
                    dcc.Input(id="f-token", type="password", autoComplete="off", className="input",
                              placeholder="hf_…", persistence=False)),
+            # Shown when the deployment sets SUBNETSCOPE_API_TOKEN: submissions need it (reads do not).
+            html.Div(id="f-api-token-row", hidden=not _DEPLOYMENT["token_required"], children=_field(
+                "API token (this deployment takes submissions only with it)",
+                dcc.Input(id="f-api-token", type="password", autoComplete="off", className="input",
+                          placeholder="from the deployment's operator", persistence=False))),
         ]),
         html.Div(className="form-actions", children=[
             html.Button("Analyze", id="f-submit", n_clicks=0, className="btn btn-primary"),
@@ -69,6 +84,8 @@ def layout(query: dict):
                 html.Button(label, id={"type": "example", "index": len(STUDY_PAIRS) + i}, n_clicks=0,
                             className="chip chip-demo", title=f"{base} → {tuned}")
                 for i, (base, tuned, label) in enumerate(DEMO_PAIRS)]),
+            html.Div(id="demo-trained", children=trained_demo({"state": "absent"})),
+            dcc.Store(id="demo-trained-state", data=None),
         ]),
     )
     recent = card(
@@ -79,7 +96,96 @@ def layout(query: dict):
         html.Div(id="recent-table", children=html.Div("Loading…", className="muted")),
         dcc.Interval(id="home-tick", interval=4000, n_intervals=0),
     )
-    return html.Div([form, recent])
+    # Shown once the trained family exists or any run was submitted (load_recent_runs decides).
+    dynamics = html.Div(id="home-dynamics", hidden=True, children=card(
+        html.Div(className="card-head", children=[
+            html.H2("Training dynamics"),
+            html.Span("final sparsity against the base, at the run's tolerance", className="muted small"),
+        ]),
+        html.P("Follow the changed set over a run's checkpoints: sparsity at each step, the sparsity of each "
+               "update, and how much of what was ever changed ends outside the final subnetwork.",
+               className="muted"),
+        html.Div(id="dyn-chips"),
+        html.Div(id="dyn-msg", className="form-msg"),
+        html.Div(id="recent-runs"),
+    ))
+    return html.Div([form, dynamics, recent])
+
+
+# What this deployment asks of a submitter; set once by register() from the Api.
+_DEPLOYMENT = {"token_required": False}
+
+# While the API resolves the pair (seconds, or the Hub budget when the Hub hangs) the form says so.
+PENDING_JS = """
+function(n, base, tuned) {
+    if (!n) { return window.dash_clientside.no_update; }
+    const hub = [base, tuned].map(s => (s || '').trim()).filter(s => s && !s.startsWith('local:'));
+    const text = hub.length ? 'Resolving ' + hub.join(' and ') + ' on the Hub…'
+                            : 'Reading the checkpoints\u2019 headers…';
+    return {namespace: 'dash_html_components', type: 'Div',
+            props: {children: text, className: 'notice notice-info', id: 'f-pending'}};
+}
+"""
+
+
+def trained_demo(status: dict):
+    """The trained family's chips once it exists, else how far its background training is."""
+    head = html.Div("Trained family (a small Llama: pretrained, then SFT and RL runs)", className="examples-label")
+    state = status.get("state")
+    if state == "ready":
+        first = len(STUDY_PAIRS) + len(DEMO_PAIRS)
+        return [head, html.Div(className="chips", children=[
+            html.Button(label, id={"type": "example", "index": first + i}, n_clicks=0,
+                        className="chip chip-demo", title=f"{base} → {tuned}")
+            for i, (base, tuned, label) in enumerate(TRAINED_PAIRS)])]
+    if state == "training":
+        pct = status.get("percent") or 0.0
+        stage = f" ({status['stage']})" if status.get("stage") else ""
+        return [head, html.Div(f"training the demo: {pct:.0f} %{stage}", id="demo-training",
+                               className="muted small")]
+    if state == "failed":
+        return [head, html.Div(f"training the demo failed: {status.get('message') or 'see the server log'}",
+                               id="demo-training", className="muted small")]
+    return []
+
+
+def trained_runs(status: dict):
+    """The trained family's run chips (they submit a run and open its page) once it exists."""
+    if status.get("state") != "ready":
+        return []
+    return [html.Div("The trained family's runs (pretrained base = step 0)", className="examples-label"),
+            html.Div(className="chips", children=[
+                html.Button(label, id={"type": "run-example", "index": i}, n_clicks=0,
+                            className="chip chip-demo", title=f"{run} against {base}")
+                for i, (base, run, label) in enumerate(TRAINED_RUNS)])]
+
+
+def _run_name(item: dict) -> str:
+    run = str(item.get("run") or item.get("id") or "")
+    return run[len("local:"):] if run.startswith("local:") else run
+
+
+def recent_runs_table(items: list[dict]):
+    if not items:
+        return html.Div("No training runs yet.", className="muted small")
+    rows = []
+    for item in items:
+        rid = item.get("id", "")
+        final = item.get("final") or {}
+        sparsity = final.get("sparsity")
+        rows.append(html.Tr([
+            html.Td(dcc.Link(_run_name(item), href=item.get("url") or f"/r/{rid}", className="pair-link"),
+                    title=f"base {item.get('base')}"),
+            html.Td(badge(item.get("status"))),
+            html.Td(N.fmt_int(item.get("checkpoints")), className="num"),
+            html.Td("–" if sparsity is None else N.fmt_pct(sparsity), className="num"),
+            html.Td(_when(item.get("created_at")), className="muted small"),
+        ], **{"data-id": rid}))
+    return html.Table(className="table compact", id="recent-runs-table", children=[
+        html.Thead(html.Tr([html.Th("Run"), html.Th("Status"), html.Th("Checkpoints", className="num"),
+                            html.Th("Final sparsity", className="num"), html.Th("Submitted")])),
+        html.Tbody(rows),
+    ])
 
 
 def _field(label, control):
@@ -142,13 +248,65 @@ def recent_table(items: list[dict]):
 
 
 def register(app, api):
+    _DEPLOYMENT["token_required"] = bool(getattr(api, "token_required", False))
+
+    app.clientside_callback(PENDING_JS, Output("f-msg", "children", allow_duplicate=True),
+                            Input("f-submit", "n_clicks"), State("f-base", "value"), State("f-tuned", "value"),
+                            prevent_initial_call=True)
+
     @app.callback(Output("f-base", "value"), Output("f-tuned", "value"),
                   Input({"type": "example", "index": ALL}, "n_clicks"), prevent_initial_call=True)
     def fill_example(clicks):
-        if not ctx.triggered_id or not any(clicks or []):
+        # A chip that just appeared (the trained family) fires this too, with n_clicks 0.
+        if not ctx.triggered_id or not any(t.get("value") for t in ctx.triggered):
             return no_update, no_update
         base, tuned, _ = EXAMPLES[ctx.triggered_id["index"]]
         return base, tuned
+
+    @app.callback(Output("demo-trained", "children"), Output("demo-trained-state", "data"),
+                  Output("dyn-chips", "children"),
+                  Input("home-tick", "n_intervals"), State("demo-trained-state", "data"))
+    async def load_trained_demo(_n, shown):
+        try:
+            status = (await api.request("GET", "/api/demo"))["trained"]
+        except Exception:  # noqa: BLE001 - the chips are a convenience; the health banner reports errors
+            return no_update, no_update, no_update
+        key = [status.get("state"), round(status.get("percent") or 0), status.get("stage")]
+        if key == shown:  # re-rendering the chips would reset them under the user's pointer
+            return no_update, no_update, no_update
+        return trained_demo(status), key, trained_runs(status)
+
+    @app.callback(Output("recent-runs", "children"), Output("home-dynamics", "hidden"),
+                  Input("home-tick", "n_intervals"), Input("demo-trained-state", "data"))
+    async def load_recent_runs(_n, trained):
+        try:
+            items = (await api.request("GET", "/api/runs", params={"limit": 5}))["items"]
+        except Exception as err:  # noqa: BLE001 - shown on the page
+            return notice(message(err), "error"), no_update
+        ready = bool(trained) and trained[0] == "ready"
+        return recent_runs_table(items), not (ready or items)
+
+    @app.callback(
+        Output("dyn-msg", "children"), Output("url", "pathname", allow_duplicate=True),
+        Output("api-token", "data", allow_duplicate=True),
+        Input({"type": "run-example", "index": ALL}, "n_clicks"),
+        State("f-api-token", "value"), State("api-token", "data"),
+        prevent_initial_call=True,
+    )
+    async def submit_run(_clicks, api_token, kept_api_token):
+        # The chips appearing fire this too, with n_clicks 0.
+        if not ctx.triggered_id or not any(t.get("value") for t in ctx.triggered):
+            return no_update, no_update, no_update
+        base, run, _ = TRAINED_RUNS[ctx.triggered_id["index"]]
+        api_token = (api_token or "").strip() or kept_api_token or None
+        keep = api_token if api_token != kept_api_token else no_update
+        try:
+            resp = await api.request("POST", "/api/runs", json={"base": base, "run": run}, token=api_token)
+        except ApiError as err:
+            return notice(message(err), "error"), no_update, None if err.status == 401 else keep
+        except Exception as err:  # noqa: BLE001
+            return notice(message(err), "error"), no_update, no_update
+        return "", resp.get("url") or f"/r/{resp['id']}", keep
 
     @app.callback(Output("recent-table", "children"), Input("home-tick", "n_intervals"))
     async def load_recent(_n):
@@ -159,19 +317,25 @@ def register(app, api):
 
     @app.callback(
         Output("f-msg", "children"), Output("f-token", "value"),
-        Output("url", "pathname", allow_duplicate=True),
+        Output("url", "pathname", allow_duplicate=True), Output("api-token", "data"),
         Input("f-submit", "n_clicks"),
         State("f-base", "value"), State("f-base-rev", "value"), State("f-tuned", "value"),
         State("f-tuned-rev", "value"), State("f-tol", "value"), State("f-rank", "value"),
-        State("f-token", "value"),
+        State("f-token", "value"), State("f-api-token", "value"), State("api-token", "data"),
         prevent_initial_call=True, running=[(Output("f-submit", "disabled"), True, False)],
     )
-    async def submit(n, base, base_rev, tuned, tuned_rev, tol, rank, token):
+    async def submit(n, base, base_rev, tuned, tuned_rev, tol, rank, token, api_token, kept_api_token):
         if not n:  # the form appearing is not a click
-            return no_update, no_update, no_update
-        if not (base or "").strip() or not (tuned or "").strip():
-            return notice("Enter both a base and a finetuned model.", "error"), no_update, no_update
-        body = {"base": base.strip(), "tuned": tuned.strip(), "tolerance": tol, "rank": rank}
+            return no_update, no_update, no_update, no_update
+        # The API token typed now, else the one this tab used before (kept for retries and overlaps).
+        api_token = (api_token or "").strip() or kept_api_token or None
+        keep = api_token if api_token != kept_api_token else no_update
+        if not (tuned or "").strip():
+            return notice("Enter a finetuned model (and its base, unless it is a LoRA adapter).", "error"), \
+                no_update, no_update, no_update
+        body = {"tuned": tuned.strip(), "tolerance": tol, "rank": rank}
+        if (base or "").strip():  # empty: the API takes the base a LoRA adapter's config names
+            body["base"] = base.strip()
         if (base_rev or "").strip():
             body["base_revision"] = base_rev.strip()
         if (tuned_rev or "").strip():
@@ -179,10 +343,11 @@ def register(app, api):
         if (token or "").strip():
             body["token"] = token.strip()
         try:
-            resp = await api.request("POST", "/api/analyses", json=body)
+            resp = await api.request("POST", "/api/analyses", json=body, token=api_token)
         except ApiError as err:
-            # The token field is emptied either way: it is never kept in the page.
-            return notice(message(err), "error"), "", no_update
+            # The Hub token field is emptied either way: it is never kept in the page. The API's
+            # own message is shown (a Hub outage, a refused token, a rate limit, Redis down).
+            return notice(message(err), "error"), "", no_update, None if err.status == 401 else keep
         except Exception as err:  # noqa: BLE001
-            return notice(message(err), "error"), "", no_update
-        return "", "", resp.get("url") or f"/a/{resp['id']}"
+            return notice(message(err), "error"), "", no_update, no_update
+        return "", "", resp.get("url") or f"/a/{resp['id']}", keep

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dash import Input, Output, State, dcc, html, no_update
+from dash import ALL, Input, Output, State, ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
 from .. import figures as F
@@ -12,6 +12,17 @@ from .picker import fetch_many, options, parse_ids, short_label
 from .shell import card, notice
 
 GRAPH_CONFIG = {"displaylogo": False}
+# Demo suggestions: (label, base, finetuned...). A click computes (or reuses) the analyses at
+# t = 1e-5, waits for them, then the overlap. The trained finals (an SFT and an RL run of one
+# pretrained base, worker/engine/trained_demo.py) once GET /api/demo says the family exists.
+DEMO_SUGGESTIONS = (
+    ("demo · rl_a & rl_b", "local:demo/base", ("local:demo/rl_a", "local:demo/rl_b")),
+    ("demo · sft & rl_a & rl_b", "local:demo/base", ("local:demo/sft", "local:demo/rl_a", "local:demo/rl_b")),
+)
+TRAINED_SUGGESTIONS = (
+    ("trained · SFT & RL", "local:demo/trained/base", ("local:demo/trained/sft", "local:demo/trained/rl")),
+)
+SUGGESTIONS = DEMO_SUGGESTIONS + TRAINED_SUGGESTIONS
 
 
 def layout(query: dict, overlap_id: str | None = None):
@@ -39,9 +50,24 @@ def layout(query: dict, overlap_id: str | None = None):
                 html.Button("Compute overlap", id="ov-go", n_clicks=0, className="btn btn-primary"),
                 html.Div(id="ov-msg", className="form-msg"),
             ]),
+            html.Div(className="examples", children=[
+                html.Div("Demo suggestions (their analyses are computed first, then the overlap)",
+                         className="examples-label"),
+                html.Div(id="ov-suggest", className="chips", children=suggestion_chips(False)),
+            ]),
+            dcc.Store(id="ov-wait", data=None),
+            dcc.Interval(id="ov-wait-tick", interval=700, disabled=True),
+            dcc.Interval(id="ov-demo-tick", interval=4000, n_intervals=0),
         ),
         html.Div(id="ov-result"),
     ])
+
+
+def suggestion_chips(trained: bool):
+    shown = SUGGESTIONS if trained else DEMO_SUGGESTIONS
+    return [html.Button(label, id={"type": "ov-suggest", "index": i}, n_clicks=0, className="chip chip-demo",
+                        title=f"{base} → " + ", ".join(tuned))
+            for i, (label, base, tuned) in enumerate(shown)]
 
 
 def _pct(v):
@@ -125,20 +151,75 @@ def register(app, api):
         except Exception:  # noqa: BLE001 - the health banner explains outages
             return []
 
+    @app.callback(Output("ov-suggest", "children"), Output("ov-demo-tick", "disabled"),
+                  Input("ov-demo-tick", "n_intervals"))
+    async def load_suggestions(_n):
+        try:
+            ready = (await api.request("GET", "/api/demo"))["trained"]["state"] == "ready"
+        except Exception:  # noqa: BLE001 - the synthetic suggestions stay; the banner explains outages
+            return no_update, no_update
+        if not ready:
+            raise PreventUpdate
+        return suggestion_chips(True), True
+
+    @app.callback(
+        Output("ov-ids", "value", allow_duplicate=True), Output("ov-ids", "options", allow_duplicate=True),
+        Output("ov-wait", "data"), Output("ov-wait-tick", "disabled"), Output("ov-msg", "children", allow_duplicate=True),
+        Input({"type": "ov-suggest", "index": ALL}, "n_clicks"), State("api-token", "data"),
+        prevent_initial_call=True,
+    )
+    async def suggest(_clicks, api_token):
+        # The chips (re)appearing fire this too, with n_clicks 0.
+        if not ctx.triggered_id or not any(t.get("value") for t in ctx.triggered):
+            raise PreventUpdate
+        _, base, tuned = SUGGESTIONS[ctx.triggered_id["index"]]
+        ids = []
+        try:
+            for t in tuned:
+                resp = await api.request("POST", "/api/analyses", json={"base": base, "tuned": t}, token=api_token)
+                ids.append(resp["id"])
+            # with their options: the dropdown drops a value that none of its options has
+            opts = await options(api, ids, same_base=True)
+        except Exception as err:  # noqa: BLE001 - shown to the user
+            return no_update, no_update, None, True, notice(message(err), "error")
+        return ids, opts, ids, False, html.Span("Computing the analyses…", className="muted", id="ov-waiting")
+
+    @app.callback(
+        Output("ov-auto", "data"), Output("ov-wait-tick", "disabled", allow_duplicate=True),
+        Output("ov-msg", "children", allow_duplicate=True),
+        Input("ov-wait-tick", "n_intervals"), State("ov-wait", "data"),
+        prevent_initial_call=True,
+    )
+    async def wait_analyses(_n, ids):
+        """The suggestion's analyses done: submit the overlap (ov-auto); one failed: say so."""
+        if not ids:
+            raise PreventUpdate
+        try:
+            bodies = [await api.request("GET", f"/api/analyses/{aid}") for aid in ids]
+        except Exception as err:  # noqa: BLE001
+            return no_update, True, notice(message(err), "error")
+        bad = next((b for b in bodies if b.get("status") == "failed"), None)  # a stalled one resumes
+        if bad is not None:
+            reason = (bad.get("error") or {}).get("message") or bad.get("status")
+            return no_update, True, notice(f"The analysis {bad['id']} failed: {reason}", "error")
+        if not all(b.get("status") == "done" for b in bodies):
+            raise PreventUpdate
+        return list(ids), True, ""
+
     @app.callback(
         Output("ov-job", "data"), Output("ov-tick", "disabled"), Output("ov-msg", "children"),
         Output("url", "search", allow_duplicate=True),
-        Input("ov-go", "n_clicks"), Input("ov-auto", "data"), State("ov-ids", "value"),
+        Input("ov-go", "n_clicks"), Input("ov-auto", "data"), State("ov-ids", "value"), State("api-token", "data"),
         prevent_initial_call="initial_duplicate",
     )
-    async def submit(n, auto, ids):
+    async def submit(n, auto, ids, api_token):
         ids = list(ids or [])
         if not n and not auto:
             raise PreventUpdate
         if not 2 <= len(ids) <= 3:
             return no_update, True, notice("Pick two or three analyses.", "error"), no_update
         try:
-            resp = await api.request("POST", "/api/overlaps", json={"analyses": ids})
+            resp = await api.request("POST", "/api/overlaps", json={"analyses": ids}, token=api_token)
         except Exception as err:  # noqa: BLE001 - shown to the user
             return no_update, True, notice(message(err), "error"), no_update
         return {"id": resp["id"], "ids": ids}, False, html.Span("Computing…", className="muted"), \

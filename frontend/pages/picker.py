@@ -31,7 +31,10 @@ def label(analysis: dict) -> str:
         return N.pair_label(analysis)
     req = analysis.get("request") or {}
     if req.get("base"):
-        return N.pair_label({"base": req.get("base"), "tuned": req.get("tuned")})
+        # a LoRA adapter's description (with its "LoRA r=…, alpha=…" label) is known from submission on
+        tuned = ((req.get("sources") or {}).get("tuned") or {})
+        return N.pair_label({"base": req.get("base"),
+                             "tuned": tuned if isinstance(tuned, dict) and tuned.get("adapter") else req.get("tuned")})
     return "analysis " + str(analysis.get("id", "?"))
 
 

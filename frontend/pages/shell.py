@@ -13,6 +13,9 @@ STATUS_LABEL = {"queued": "queued", "running": "running", "stalled": "stalled",
 def layout():
     return html.Div([
         dcc.Location(id="url", refresh="callback-nav"),
+        # The deployment's API token once typed in the home form (SUBNETSCOPE_API_TOKEN), for this tab's
+        # submissions, retries and overlaps; session storage, so it goes when the tab does.
+        dcc.Store(id="api-token", storage_type="session"),
         html.Header(className="topbar", children=html.Div(className="topbar-inner", children=[
             dcc.Link(className="brand", href="/", children=[
                 html.Span("◧", className="brand-mark"), html.Span("Subnetscope"),

@@ -17,9 +17,11 @@ def demo_results(tmp_path_factory):
         with open_source(parse_source(str(dirs["base"]), allow_any_path=True)) as base, \
                 open_source(parse_source(str(dirs[name]), allow_any_path=True)) as tuned:
             rank = "all" if name == "rl_a" else "off"
-            results[name] = analyze(base, tuned, AnalysisOptions(tolerance=1e-5, rank=rank, device="cpu"),
-                                    masks_dir=out)
+            geometry = {"rl_a": "all", "sft": "sampled"}.get(name, "off")
+            results[name] = analyze(base, tuned, AnalysisOptions(tolerance=1e-5, rank=rank, geometry=geometry,
+                                                                 device="cpu"), masks_dir=out)
         masks[name] = out / "masks.safetensors"
     results["_overlap2"] = overlap([masks["rl_a"], masks["rl_b"]], labels=["rl_a", "rl_b"])
+    results["_masks"] = masks
     results["_overlap3"] = overlap([masks["rl_a"], masks["rl_b"], masks["sft"]], labels=["rl_a", "rl_b", "sft"])
     return results

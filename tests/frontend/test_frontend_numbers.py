@@ -75,3 +75,17 @@ def test_formatting():
     assert N.fmt_pct(0.81384) == "81.38 %"
     assert N.fmt_pct(0.999951) == "99.9951 %"
     assert N.fmt_pct(float("nan")) == "–"
+
+
+def test_a_lora_adapter_side_is_labelled_with_its_rank_and_alpha():
+    from frontend.pages.picker import label
+
+    tuned = {"kind": "hub", "id": "org/lora", "revision": "main", "sha": "f" * 64,
+             "adapter": {"type": "LORA", "r": 8, "lora_alpha": 16, "label": "LoRA r=8, alpha=16"}}
+    result = {"base": {"kind": "hub", "id": "org/base", "sha": "a" * 40}, "tuned": tuned}
+    assert N.pair_label(result) == "org/base → org/lora (LoRA r=8, alpha=16)"
+    # while it runs, the page header reads the request, which carries the sides' descriptions
+    running = {"id": "x", "request": {"base": "org/base", "tuned": "org/lora", "sources": {"tuned": tuned}}}
+    assert label(running) == "org/base → org/lora (LoRA r=8, alpha=16)"
+    plain = {"id": "x", "request": {"base": "org/base", "tuned": "org/ft", "sources": {"tuned": {"id": "org/ft"}}}}
+    assert label(plain) == "org/base → org/ft"

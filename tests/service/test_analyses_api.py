@@ -88,6 +88,7 @@ def test_validation_problems_are_422_with_a_code_and_leave_no_record(svc):
         ({"base": svc.demo("base"), "tuned": svc.demo("sft"), "tolerance": -1}, "bad_request"),
         ({"base": svc.demo("base"), "tuned": svc.demo("sft"), "rank": "most"}, "bad_request"),
         ({"base": svc.demo("base")}, "bad_request"),
+        ({"tuned": svc.demo("sft")}, "bad_request"),  # no base, and not a LoRA adapter that names one
         ({"base": svc.demo("base"), "tuned": svc.demo("sft"), "colour": "red"}, "bad_request"),
     ]
     for body, code in cases:
@@ -133,3 +134,37 @@ def test_health_and_openapi(svc):
         assert path in spec["paths"], path
     docs = svc.client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_lora_adapter_without_base_takes_the_base_its_config_names(svc, tmp_path):
+    """A PEFT LoRA adapter under the local root, base left empty: the worker merges it onto the base
+    its adapter_config.json names, and the numbers equal the CLI's on the same pair."""
+    import torch
+    from safetensors.torch import save_file
+
+    base_dir = svc.local_root / "demo" / "base"
+    adapter = svc.local_root / "demo_lora"
+    adapter.mkdir(exist_ok=True)
+    gen = torch.Generator().manual_seed(7)
+    state = {}
+    for i in range(4):
+        for m in ("q_proj", "v_proj"):
+            key = f"base_model.model.model.layers.{i}.self_attn.{m}"
+            state[f"{key}.lora_A.weight"] = torch.randn(4, 128, generator=gen) * 0.1
+            state[f"{key}.lora_B.weight"] = torch.randn(128, 4, generator=gen) * 0.01
+    save_file(state, adapter / "adapter_model.safetensors")
+    (adapter / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "bias": "none",
+        "base_model_name_or_path": str(base_dir)}))
+    r = svc.client.post("/api/analyses", json={"tuned": "local:demo_lora"})
+    assert r.status_code == 202, r.text
+    body = wait_status(svc.client, r.json()["id"])
+    assert body["status"] == "done", body["error"]
+    result = body["result"]
+    assert result["base"]["id"] == "local:demo/base"  # as a user would type it, not a server path
+    assert result["tuned"]["adapter"]["label"] == "LoRA r=4, alpha=8"
+    assert body["request"]["base"] == "local:demo/base" and body["request"]["base_from_adapter"] is True
+    assert_same_numbers(comparable(result), comparable(cli_result(base_dir, adapter, tmp_path)))
+    # the same pair named explicitly is the same analysis
+    again = svc.client.post("/api/analyses", json={"base": svc.demo("base"), "tuned": "local:demo_lora"})
+    assert again.json()["id"] == body["id"]

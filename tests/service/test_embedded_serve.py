@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(300)
 def start_serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUBNETSCOPE_") and k not in ("REDIS_URL", "HF_TOKEN")}
     env.update({"SUBNETSCOPE_DATA_DIR": str(data_dir), "SUBNETSCOPE_PORT": str(port), "SUBNETSCOPE_DEVICE": "cpu",
-                "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+                "SUBNETSCOPE_DEMO_TRAINING": "off", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
     with open(log, "ab") as out:
         return subprocess.Popen([str(VENV_BIN / "subnetscope"), "serve"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

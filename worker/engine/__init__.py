@@ -1,13 +1,15 @@
 """The diff engine: plain Python + torch. Imports nothing of Redis, HTTP or Dash."""
 
+from worker.engine.adapter import LoraMergedSource
 from worker.engine.analysis import ENGINE_VERSION, AnalysisOptions, Progress, analyze
 from worker.engine.demo import write_demo
 from worker.engine.errors import EngineError
 from worker.engine.kernel import CURVE_TOLERANCES, EXACT_TOLERANCES, tolerance_key
 from worker.engine.masks import load_masks
+from worker.engine.open import open_pair, open_source
 from worker.engine.overlap import overlap
 from worker.engine.pairing import check_compatible
-from worker.engine.sources import Piece, Source, SourceSpec, open_source, parse_source
+from worker.engine.sources import Piece, Source, SourceSpec, parse_source
 
 __all__ = [
     "CURVE_TOLERANCES",
@@ -15,6 +17,7 @@ __all__ = [
     "EXACT_TOLERANCES",
     "AnalysisOptions",
     "EngineError",
+    "LoraMergedSource",
     "Piece",
     "Progress",
     "Source",
@@ -22,6 +25,7 @@ __all__ = [
     "analyze",
     "check_compatible",
     "load_masks",
+    "open_pair",
     "open_source",
     "overlap",
     "parse_source",

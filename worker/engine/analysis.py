@@ -20,10 +20,11 @@ from typing import Literal
 
 import torch
 
+from worker.engine import geometry as geo
 from worker.engine import masks as mask_files
 from worker.engine.errors import EngineError
 from worker.engine.kernel import CURVE_TOLERANCES, EXACT_TOLERANCES, ULP_BUCKETS, Kernel, tolerance_key
-from worker.engine.naming import layer_order, locate
+from worker.engine.naming import layer_order, locate, name_order
 from worker.engine.pairing import Pair, check_compatible, pair_tensors
 from worker.engine.reference import reference_for
 from worker.engine.sources import Piece, Source
@@ -41,8 +42,12 @@ class AnalysisOptions:
     tolerance: float = 1e-5  # the chosen t: masks, coverage, default view
     rank: Literal["off", "sampled", "all"] = "off"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    geometry: Literal["off", "sampled", "all"] = "off"  # update geometry (geometry.py): same layers as rank
 
     def __post_init__(self) -> None:
+        for key in ("rank", "geometry"):
+            if getattr(self, key) not in ("off", "sampled", "all"):
+                raise EngineError("bad_request", f"{key} must be off, sampled or all, not {getattr(self, key)!r}.")
         # Every entry point (CLI, API, worker, library) builds one of these: refuse here too.
         t = self.tolerance
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
@@ -80,7 +85,7 @@ def ulp_labels() -> list[str]:
 
 
 def rank_layers(pairs: list[Pair]) -> set[tuple[str, int]]:
-    """Layers whose matrices get a rank in "sampled" mode: the first, middle and last of each stack."""
+    """Layers whose matrices get a rank (or geometry) in "sampled" mode: the first, middle and last of each stack."""
     stacks: dict[str, set[int]] = {}
     for p in pairs:
         where = locate(p.name)
@@ -100,6 +105,12 @@ def _wants_rank(pair: Pair, mode: str, sampled: set[tuple[str, int]]) -> bool:
     return mode == "all" or (mode == "sampled" and (where.stack, where.layer) in sampled)
 
 
+def _wants_geometry(pair: Pair, mode: str, sampled: set[tuple[str, int]]) -> bool:
+    # Three full float64 SVDs need ~5x the matrix in float64: a 128k-row embedding would need
+    # tens of GB, so matrices above the cap are left out (and named in a warning).
+    return _wants_rank(pair, mode, sampled) and pair.numel <= geo.MAX_ELEMENTS
+
+
 @contextmanager
 def _torch_threads(n: int):
     """Intra-op threads for the duration: pieces already run one per core."""
@@ -109,6 +120,77 @@ def _torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class _SvdFinisher:
+    """Finishes the tensors that need SVDs (update rank, geometry) off the streaming pass.
+
+    `Kernel.finish` of such a tensor runs on a background thread while the pass reads on,
+    with its intra-op (MKL/OpenMP) threads set for that thread alone: on a CPU, `workers`
+    SVDs at once (two, or one on a single core), each with cores / workers threads, since two
+    SVDs on half the cores each finish sooner than one after the other on all of them; on
+    CUDA one at a time. Memory stays bounded: at most `workers` finished matrices wait or
+    run (the pass waits for the oldest before handing over another), plus the one being read.
+    Records are completed on the calling thread, in submission order.
+    """
+
+    def __init__(self, kernel: Kernel, device: torch.device, finished, showing):
+        n = cores()
+        self.kernel = kernel
+        self.workers = 1 if device.type == "cuda" or n < 2 else 2
+        self.threads = max(1, n // self.workers)
+        self.finished = finished
+        self.showing = showing  # progress: the SVDs of this pair run (or are waited for)
+        self.pool: ThreadPoolExecutor | None = None
+        self.pending: deque = deque()  # (pair, future), oldest first
+
+    def _finish(self, acc):
+        torch.set_num_threads(self.threads)  # this thread's own setting (ATen and MKL keep one per thread)
+        return self.kernel.finish(acc)
+
+    def submit(self, pair: Pair, acc) -> None:
+        while len(self.pending) >= self.workers:
+            self._complete_oldest()
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="svd")
+        self.pending.append((pair, self.pool.submit(self._finish, acc)))
+        self.showing(pair)
+
+    def _complete_oldest(self) -> None:
+        pair, future = self.pending[0]
+        if not future.done():
+            self.showing(pair)
+        stats = future.result()
+        self.pending.popleft()
+        self.finished(pair, stats)
+
+    def collect(self) -> None:
+        """Complete the SVD jobs that are done, without waiting."""
+        while self.pending and self.pending[0][1].done():
+            self._complete_oldest()
+
+    def drain(self) -> None:
+        while self.pending:
+            self._complete_oldest()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def plan_pieces(pair: Pair) -> list[Piece]:
@@ -140,8 +222,15 @@ def analyze(
     device = pick_device(options.device)
     kernel = Kernel(list(EXACT_TOLERANCES), options.tolerance, device)
     sampled = rank_layers(pairing.pairs)
+    too_big = [p.name for p in pairing.pairs
+               if _wants_rank(p, options.geometry, sampled) and not _wants_geometry(p, options.geometry, sampled)]
+    if too_big:
+        pairing.warnings.append(
+            f"Geometry was not computed for {len(too_big)} matrices above {geo.MAX_ELEMENTS:,} elements "
+            f"(e.g. {too_big[0]}): their full float64 SVDs would not fit in a worker's memory.")
     resume = dict(resume or {})
     parts = masks_dir / "parts" if masks_dir else None
+    kernel.keep_masks = parts is not None  # without mask files, pieces carry only the count
 
     def reusable(p: Pair) -> bool:
         if p.name not in resume:
@@ -167,7 +256,8 @@ def analyze(
         pair = by_name[piece.name]
         if state["acc"] is None:
             want_rank = _wants_rank(pair, options.rank, sampled)
-            state["acc"] = kernel.start(pair.name, pair.shape, pair.compare_dtype, want_rank)
+            want_geometry = _wants_geometry(pair, options.geometry, sampled)
+            state["acc"] = kernel.start(pair.name, pair.shape, pair.compare_dtype, want_rank, want_geometry)
             state["mask"] = mask_files.MaskPart(parts, pair.name) if parts else None
             progress.current = pair.name
         kernel.fold(state["acc"], stats)
@@ -178,30 +268,51 @@ def analyze(
         progress.bytes_done += (piece.stop - piece.start) * (pair.base.itemsize + pair.tuned.itemsize)
         remaining[piece.name] -= 1
         if remaining[piece.name] == 0:
-            record = _record(pair, kernel.finish(state["acc"]))
+            acc = state["acc"]
             if state["mask"] is not None:
                 state["mask"].close()
-            records[pair.name] = record
             state["acc"] = state["mask"] = None
-            progress.tensors_done += 1
-            if on_tensor:
-                on_tensor(record)
+            if acc.want_rank or acc.want_geometry:
+                svds.submit(pair, acc)  # rank / geometry SVDs off the pass, on every core
+            else:
+                finished(pair, kernel.finish(acc))
+        svds.collect()
         if on_progress:
             on_progress(progress)
+
+    def finished(pair: Pair, stats: dict) -> None:
+        record = _record(pair, stats)
+        records[pair.name] = record
+        progress.tensors_done += 1
+        if on_tensor:
+            on_tensor(record)
+
+    def showing(pair: Pair) -> None:
+        progress.current = f"geometry {pair.name}"  # the CLI shows "SVDs of <name>"
+        if on_progress:
+            on_progress(progress)
+
+    svds = _SvdFinisher(kernel, device, finished, showing)
 
     def measure(piece: Piece, b: torch.Tensor, t: torch.Tensor):
         pair = by_name[piece.name]
         cols = pair.shape[1] if len(pair.shape) == 2 else None
-        return kernel.measure(b, t, pair.compare_dtype, cols, _wants_rank(pair, options.rank, sampled))
+        return kernel.measure(b, t, pair.compare_dtype, cols, _wants_rank(pair, options.rank, sampled),
+                              _wants_geometry(pair, options.geometry, sampled))
 
-    threads = 1 if device.type == "cuda" else max(1, min(MAX_THREADS, os.cpu_count() or 1))
-    with _torch_threads(1 if threads > 1 else torch.get_num_threads()), ThreadPoolExecutor(threads) as pool:
+    threads = 1 if device.type == "cuda" else max(1, min(MAX_THREADS, cores()))
+    # Piece threads keep one intra-op thread each, whatever an SVD thread set meanwhile.
+    with svds, _torch_threads(1 if threads > 1 else torch.get_num_threads()), \
+            ThreadPoolExecutor(threads, initializer=_one_thread if threads > 1 else None) as pool:
         # Pieces are measured on `threads` cores and folded strictly in order.
         pending: deque = deque()
         # Each side reads a tensor by its own name (they differ when a one-sided prefix was matched).
         base_pieces = [_side(p, by_name[p.name].base.name) for p in pieces]
-        tuned_pieces = [_side(p, by_name[p.name].tuned.name) for p in pieces]
-        for piece, (_, b), (_, t) in zip(pieces, base.iter_pieces(base_pieces), tuned.iter_pieces(tuned_pieces)):
+        # A LoRA merge leaves most tensors as they are in its base: read those bytes once.
+        same = _unchanged_by_tuned(base, tuned, todo)
+        tuned_reads = tuned.iter_pieces([_side(p, by_name[p.name].tuned.name) for p in pieces if p.name not in same])
+        for piece, (_, b) in zip(pieces, base.iter_pieces(base_pieces)):
+            t = b if piece.name in same else next(tuned_reads)[1]
             pending.append((piece, pool.submit(measure, piece, b, t)))
             while len(pending) > 2 * threads:
                 done_piece, future = pending.popleft()
@@ -209,8 +320,11 @@ def analyze(
         while pending:
             done_piece, future = pending.popleft()
             fold(done_piece, future.result())
+        svds.drain()
 
-    ordered = [records[p.name] for p in pairing.pairs]
+    # Tensors are read in file order but reported in name order, so the result (and every
+    # float summed over it) does not depend on how the checkpoint was sharded.
+    ordered = [records[name] for name in sorted(records, key=name_order)]
     result = build_result(base, tuned, options, ordered, pairing.unmatched, pairing.warnings)
     # Bytes this run actually read (a resumed run skips finished tensors): the sources' own
     # counters when they keep them, else the compared bytes this run measured.
@@ -223,7 +337,7 @@ def analyze(
     if masks_dir is not None:
         mask_files.assemble(
             masks_dir,
-            {p.name: list(p.shape) for p in pairing.pairs},
+            {p.name: list(p.shape) for p in sorted(pairing.pairs, key=lambda p: name_order(p.name))},
             {"tolerance": tolerance_key(options.tolerance), "base_sha": base.sha, "tuned_sha": tuned.sha},
         )
     return result
@@ -250,6 +364,14 @@ def _sparsity(numel: int, changed: Mapping[str, int]) -> dict[str, float]:
     return {k: (1.0 - c / numel) if numel else 1.0 for k, c in changed.items()}
 
 
+def _unchanged_by_tuned(base: Source, tuned: Source, pairs: list[Pair]) -> set[str]:
+    """Tensors the tuned side reads straight from this very base source (an adapter's untouched ones)."""
+    if getattr(tuned, "base", None) is not base:
+        return set()
+    touched = set(tuned.targets)
+    return {p.name for p in pairs if p.tuned.name not in touched and p.tuned.name == p.base.name}
+
+
 def _side(piece: Piece, name: str) -> Piece:
     return piece if piece.name == name else Piece(name, piece.start, piece.stop)
 
@@ -257,8 +379,10 @@ def _side(piece: Piece, name: str) -> Piece:
 def _group(records: list[dict], *keys: str) -> list[dict]:
     """Element-weighted sums over records sharing `keys` (layers: ("stack", "layer"))."""
     groups: dict = {}
+    members: dict = {}
     for r in records:
         k = tuple(r.get(key) for key in keys)
+        members.setdefault(k, []).append(r)
         g = groups.setdefault(k, {**dict(zip(keys, k)), "numel": 0, "tensors": 0, "changed": {}, "curve_changed": None})
         g["numel"] += r["numel"]
         g["tensors"] += 1
@@ -266,9 +390,10 @@ def _group(records: list[dict], *keys: str) -> list[dict]:
             g["changed"][t] = g["changed"].get(t, 0) + c
         curve = r["curve_changed"]
         g["curve_changed"] = curve[:] if g["curve_changed"] is None else [a + b for a, b in zip(g["curve_changed"], curve)]
-    out = list(groups.values())
-    for g in out:
+    for k, g in groups.items():
         g["sparsity"] = _sparsity(g["numel"], g["changed"])
+        g["geometry"] = geo.weighted(members[k])
+    out = list(groups.values())
     if "layer" in keys:
         out.sort(key=layer_order)
     return out
@@ -308,6 +433,7 @@ def build_result(base: Source, tuned: Source, options: AnalysisOptions, records:
             "weighted_mean": (sum(r["rank_ratio"] * r["numel"] for r in ranked) / sum(r["numel"] for r in ranked))
             if ranked and sum(r["numel"] for r in ranked) else None,
         },
+        "geometry": {"mode": options.geometry, "matrices": 0, **(geo.weighted(records) or {})},
         "dtype_mismatch": bool(unmatched.get("dtype_mismatch")),
     }
     return {
@@ -315,7 +441,7 @@ def build_result(base: Source, tuned: Source, options: AnalysisOptions, records:
         "engine_version": ENGINE_VERSION,
         "base": base.describe(),
         "tuned": tuned.describe(),
-        "options": {"tolerance": options.tolerance, "rank": options.rank},
+        "options": {"tolerance": options.tolerance, "rank": options.rank, "geometry": options.geometry},
         "tolerances": list(EXACT_TOLERANCES),
         "curve_tolerances": CURVE_TOLERANCES,
         "summary": summary,

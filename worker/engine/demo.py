@@ -2,7 +2,9 @@
 
 base, sft (nearly every weight moved), rl_a and rl_b (~15-20% moved, their changed
 sets sharing a common core so they overlap far above chance), and resized (an RL
-update whose vocabulary grew by 8 rows).
+update whose vocabulary grew by 8 rows). These are changed by construction; the
+*trained* family (trained_demo.py, `write_demo(..., trained=True)`) comes out of real
+training runs.
 """
 
 from __future__ import annotations
@@ -71,8 +73,16 @@ def write_checkpoint(directory: Path, state: dict, config: dict) -> Path:
     return directory
 
 
-def write_demo(directory: Path) -> dict[str, Path]:
-    """Write the family under `directory` (deterministic) and return name -> checkpoint dir."""
+def write_demo(directory: Path, *, trained: bool = False, quick: bool = False,
+               progress=None) -> dict[str, Path]:
+    """Write the family under `directory` (deterministic) and return name -> checkpoint dir.
+
+    With `trained`, also train the trained family (worker/engine/trained_demo.py: a small
+    Llama pretrained on addition, then SFT and RL runs; about a minute on two cores, or
+    seconds with `quick`) and add trained/base, trained/sft, trained/rl, trained/sft_run
+    and trained/rl_run (folders of checkpoint-<step>/). `progress(fraction, stage)`
+    follows that training.
+    """
     directory = Path(directory)
     gen = torch.Generator().manual_seed(20250515)
     base = _base(gen)
@@ -98,4 +108,8 @@ def write_demo(directory: Path) -> dict[str, Path]:
         ("resized", resized, VOCAB + EXTRA_VOCAB),
     ):
         out[name] = write_checkpoint(directory / name, state, _config(vocab))
+    if trained:
+        from worker.engine.trained_demo import write_trained_demo
+
+        out.update(write_trained_demo(directory, quick=quick, progress=progress))
     return out

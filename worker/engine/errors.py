@@ -13,6 +13,7 @@ CODES = frozenset(
         "no_safetensors",
         "malformed",
         "arch_mismatch",
+        "unsupported_adapter",
         "path_forbidden",
         "incompatible",
         "disk_full",

@@ -7,6 +7,19 @@ before any weight byte is downloaded; weights are then read piece by piece with 
 requests, several in flight and adjacent small tensors coalesced, never a whole shard.
 Memory stays bounded by the prefetch budget and nothing is written to disk.
 
+Which files hold the weights follows the same rule as a local directory
+(worker/engine/layout.py), on the repo's file list; `subfolder` and `file` of the spec
+choose among them.
+
+The Hub answers /resolve for large files with a redirect to a presigned storage url
+that expires (about an hour). Each file is resolved once and its storage url reused
+for every range read; when the storage host refuses it (400/403/410) the file is
+resolved again, once per failure, however many readers noticed, and a fresh url that
+fails again ends the read (`transient`). 429 and 503 are retried after the server's
+Retry-After (capped at `max_retry_after_s`), and every request of this source to that
+host waits for it too; other transient failures back off exponentially; attempts are
+bounded by `retries`. The token goes to the Hub only, never to the storage host.
+
 With HF_HUB_OFFLINE=1 the repo is read from the standard Hugging Face cache instead
 (refs/<branch> -> snapshots/<sha>/), through the local-directory machinery.
 
@@ -18,13 +31,14 @@ lives only in request headers and never in an attribute, message or log line.
 
 from __future__ import annotations
 
+import email.utils
 import json
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import httpx2
@@ -43,13 +57,25 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
 from worker.engine.errors import EngineError
+from worker.engine.layout import INDEX_FILE, is_index, select_weights
 from worker.engine.safetensors_format import TensorInfo, bytes_to_tensor, header_length, parse_header
-from worker.engine.sources import INDEX_FILE, PICKLE_SUFFIXES, LocalSource, Piece, Source, SourceSpec
+from worker.engine.sources import SMALL_FILE_LIMIT, LocalSource, Piece, Source, SourceSpec
 
 # Statuses worth retrying: the request may succeed a moment later.
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-# index.json and config.json are read whole; anything bigger is not what it claims to be.
-SMALL_FILE_LIMIT = 64 << 20
+# Statuses whose Retry-After header is honoured.
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+# What a storage host answers to a presigned url that expired (S3: 403 AccessDenied
+# "Request has expired"; others 400 or 410): resolve the file again.
+EXPIRED_STATUSES = frozenset({400, 403, 410})
+
+
+class _StorageRefused(Exception):
+    """The storage host (not the Hub) refused a presigned url: it expired, most likely."""
+
+    def __init__(self, status: int):
+        super().__init__(f"storage host answered HTTP {status}")
+        self.status = status
 
 
 class _Secret:
@@ -76,6 +102,7 @@ class HubSource(Source):
     retries = 4  # attempts after the first, on 5xx, 429, timeouts and connection errors
     backoff_s = 1.0  # first wait between attempts, doubled each time up to max_backoff_s
     max_backoff_s = 8.0
+    max_retry_after_s = 60.0  # a longer Retry-After is cut to this (attempts stay bounded by `retries`)
     timeout = httpx2.Timeout(60.0, connect=10.0)
     concurrency = 4  # range requests in flight; one HTTP stream rarely fills the link
     request_bytes = 16 << 20  # adjacent pieces are merged into requests up to this size
@@ -89,8 +116,12 @@ class HubSource(Source):
         self.files: list[str] = []
         self.file_sizes: dict[str, int] = {}
         self.bytes_fetched = 0  # headers, index, config and weights: all body bytes received
+        self.resolve_calls: dict[str, int] = {}  # file -> requests sent to the Hub's /resolve for it
+        self.refreshes = 0  # storage urls resolved again because the storage host refused them
         self._count_lock = threading.Lock()
-        self._locations: dict[str, str] = {}  # file -> CDN url the Hub redirected to (signed; reused)
+        self._locations: dict[str, str] = {}  # file -> url that last served it (signed storage url; reused)
+        self._file_locks: dict[str, threading.Lock] = {}
+        self._not_before: dict[tuple, float] = {}  # origin -> monotonic time before which nothing is sent
         self._local: LocalSource | None = None
         headers = build_hf_headers(token=token)
         self._has_token = "authorization" in headers
@@ -113,7 +144,8 @@ class HubSource(Source):
             raise EngineError("internal", f"The Hub gave no commit for {self.spec.label}; try again later.")
         self.sha = info.sha
         siblings = {s.rfilename: s.size for s in info.siblings or []}
-        self.files = self._weight_files(siblings)
+        self.files = select_weights(siblings, self._read_json, where=self._where(),
+                                    subfolder=self.spec.subfolder, file=self.spec.file)
         self.file_sizes = {f: siblings[f] for f in self.files if siblings[f] is not None}
         self.tensors = {}
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="hub-headers") as pool:
@@ -123,33 +155,8 @@ class HubSource(Source):
                 if name in self.tensors:
                     raise EngineError("malformed", f"{self._where()}: tensor {name} appears in two files.")
                 self.tensors[name] = tensor
-        self.config = self._read_json("config.json") if "config.json" in siblings else None
-
-    def _weight_files(self, siblings: dict[str, int | None]) -> list[str]:
-        """The safetensors files to read, by the same rule as a local directory."""
-        if INDEX_FILE in siblings:
-            index = self._read_json(INDEX_FILE)
-            weight_map = index.get("weight_map") if isinstance(index, dict) else None
-            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-                raise EngineError("malformed", f"{self._where()}: {INDEX_FILE} is not a valid index (no weight_map).")
-            files = sorted(set(weight_map.values()))
-            missing = [f for f in files if f not in siblings]
-            if missing:
-                raise EngineError(
-                    "malformed", f"{self._where()}: shard {missing[0]} listed in {INDEX_FILE} is not in the repo."
-                )
-            return files
-        files = sorted(f for f in siblings if "/" not in f and f.endswith(".safetensors"))
-        if files:
-            return files
-        pickles = sorted(f for f in siblings if PurePosixPath(f).suffix in PICKLE_SUFFIXES)
-        if pickles:
-            raise EngineError(
-                "no_safetensors",
-                f"{self.spec.label} has only pickle weights ({', '.join(pickles[:3])}); Subnetscope never loads "
-                "pickle files because they can run code. Pick a revision with safetensors weights, or convert it.",
-            )
-        raise EngineError("no_safetensors", f"{self.spec.label} has no safetensors weights (*.safetensors) on the Hub.")
+        config = f"{self.spec.subfolder}/config.json" if self.spec.subfolder else "config.json"
+        self.config = self._read_json(config) if config in siblings else None
 
     def _read_header(self, file: str) -> dict[str, TensorInfo]:
         if self.file_sizes.get(file, 8) < 8:
@@ -169,7 +176,7 @@ class HubSource(Source):
         try:
             return json.loads(bytes(data).decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
-            if file == "config.json":
+            if file.endswith("config.json"):
                 return None  # the architecture check then says what it cannot check
             raise EngineError("malformed", f"{self._where()}: {file} is not valid JSON.") from None
 
@@ -183,16 +190,18 @@ class HubSource(Source):
             folder = Path(snapshot_download(self.spec.id, revision=self.revision, local_files_only=True))
         except (LocalEntryNotFoundError, EntryNotFoundError, OSError):
             raise EngineError("not_found", offline) from None
-        index = folder / INDEX_FILE
-        if index.is_file():
+        inside = folder / (self.spec.subfolder or "")
+        index = inside / (self.spec.file if self.spec.file and is_index(self.spec.file) else INDEX_FILE)
+        if index.is_file() and (self.spec.file is None or is_index(self.spec.file)):
             try:
                 shards = set(json.loads(index.read_text())["weight_map"].values())
             except (ValueError, KeyError, TypeError, AttributeError):
                 shards = set()  # LocalSource names the problem
-            if any(not (folder / s).is_file() for s in shards):
+            if any(isinstance(s, str) and not (index.parent / s).is_file() for s in shards):
                 raise EngineError("not_found", offline.replace("is not in", "is only partly in"))
         self.sha = folder.name
-        local = LocalSource(SourceSpec("local", str(folder), None, display=f"{label} (offline cache)"), sha=self.sha)
+        local = LocalSource(SourceSpec("local", str(folder), None, display=f"{label} (offline cache)",
+                                       subfolder=self.spec.subfolder, file=self.spec.file), sha=self.sha)
         self._local = local
         self.files, self.tensors, self.config = local.files, local.tensors, local.config
 
@@ -204,8 +213,8 @@ class HubSource(Source):
         info = self.tensors[piece.name]
         if piece.stop <= piece.start:
             return bytes_to_tensor(b"", info, 0, 0)
-        begin, end = self._span(piece)
-        data, _ = self._fetch(info.file, begin, end)
+        begin, end = self.span(piece)
+        data, _ = self._fetch(info.file, begin, end, weights=True)
         return bytes_to_tensor(data, info, piece.start, piece.stop)
 
     def iter_pieces(self, pieces: Sequence[Piece]) -> Iterator[tuple[Piece, torch.Tensor]]:
@@ -224,7 +233,8 @@ class HubSource(Source):
                     not pending or held + runs[following].nbytes <= self.prefetch_bytes
                 ):
                     run = runs[following]
-                    pending.append((run, pool.submit(self._fetch, run.file, run.begin, run.end) if run.nbytes else None))
+                    pending.append((run, pool.submit(self._fetch, run.file, run.begin, run.end, weights=True)
+                                    if run.nbytes else None))
                     held += run.nbytes
                     following += 1
                 run, future = pending.popleft()
@@ -237,17 +247,12 @@ class HubSource(Source):
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _span(self, piece: Piece) -> tuple[int, int]:
-        info = self.tensors[piece.name]
-        begin = info.offset + piece.start * info.itemsize
-        return begin, begin + max(0, piece.stop - piece.start) * info.itemsize
-
     def _coalesce(self, pieces: Sequence[Piece]) -> list["_Run"]:
         """Consecutive pieces whose bytes touch in one file become one request (e.g. runs of norm weights)."""
         runs: list[_Run] = []
         for piece in pieces:
             file = self.tensors[piece.name].file
-            begin, end = self._span(piece)
+            begin, end = self.span(piece)
             last = runs[-1] if runs else None
             if last is not None and (
                 begin == end or (last.file == file and last.end == begin and end - last.begin <= self.request_bytes)
@@ -259,42 +264,84 @@ class HubSource(Source):
 
     # --- HTTP -----------------------------------------------------------------------------
 
-    def _fetch(self, file: str, begin: int | None = None, end: int | None = None) -> tuple[bytearray, int | None]:
+    def _fetch(self, file: str, begin: int | None = None, end: int | None = None, *,
+               weights: bool = False) -> tuple[bytearray, int | None]:
         """Bytes [begin, end) of `file` at the pinned commit (the whole file when begin is None).
 
         Returns the bytes and the file's total size when the server said (Content-Range).
+        `weights`: tensor data (counted in `bytes_read`), not a header or a JSON file.
         """
-        return self._call(lambda: self._fetch_once(file, begin, end), f"read {file} of")
+        data, total = self._call(lambda: self._fetch_once(file, begin, end), f"read {file} of")
+        if weights:
+            self._count(len(data))
+        return data, total
 
     def _fetch_once(self, file: str, begin: int | None, end: int | None) -> tuple[bytearray, int | None]:
-        ranged = begin is not None
-        extra = {"Range": f"bytes={begin}-{end - 1}"} if ranged else {}
-        cached = self._locations.get(file)
-        if cached is not None:
+        extra = {"Range": f"bytes={begin}-{end - 1}"} if begin is not None else {}
+        url = self._locations.get(file)
+        for _ in range(4):
+            if url is None:
+                # First read of the file: one reader asks the Hub, the others wait and reuse its answer.
+                with self._file_lock(file):
+                    url = self._locations.get(file)
+                    if url is None:
+                        return self._get_fresh(file, extra, begin, end)
             try:
-                return self._get(cached, extra, file, begin, end)
-            except HfHubHTTPError as exc:
-                if exc.response is None or exc.response.status_code in RETRY_STATUSES:
-                    raise
-                self._locations.pop(file, None)  # a signed CDN url expired: ask the Hub again
+                return self._get(url, extra, file, begin, end)
+            except _StorageRefused:
+                pass
+            # The presigned url expired: the first reader to notice resolves the file again (once
+            # for this failure); the others take the url it got.
+            with self._file_lock(file):
+                if self._locations.get(file) == url:
+                    del self._locations[file]
+                    with self._count_lock:
+                        self.refreshes += 1
+                    return self._get_fresh(file, extra, begin, end)
+                url = self._locations.get(file)
+        raise httpx2.TransportError(f"the storage urls of {file} keep expiring")  # retried by _call
+
+    def _get_fresh(self, file: str, extra: dict, begin: int | None, end: int | None) -> tuple[bytearray, int | None]:
+        """Through the Hub's /resolve; a storage url refused right after it was handed out is not retried."""
         url = hf_hub_url(self.spec.id, file, revision=self.sha, endpoint=constants.ENDPOINT)
-        return self._get(url, extra, file, begin, end)
+        try:
+            return self._get(url, extra, file, begin, end)
+        except _StorageRefused as exc:
+            raise self._refused_twice(file, exc.status) from None
+
+    def _refused_twice(self, file: str, status: int) -> EngineError:
+        return EngineError(
+            "transient",
+            f"The Hub's storage refused {file} of {self._where()} (HTTP {status}) even through a fresh link; "
+            "try again later.",
+        )
+
+    def _file_lock(self, file: str) -> threading.Lock:
+        with self._count_lock:
+            return self._file_locks.setdefault(file, threading.Lock())
 
     def _get(self, url: str, extra: dict, file: str, begin: int | None, end: int | None) -> tuple[bytearray, int | None]:
         session = get_session()
         hub = _origin(constants.ENDPOINT)
         for _ in range(5):
-            # The token goes to the Hub only; a CDN url the Hub redirects to is signed on its own.
-            headers = {**(self._auth.headers() if _origin(url) == hub else {}), **extra, "Accept-Encoding": "identity"}
+            origin = _origin(url)
+            self._wait_for(origin)
+            if origin == hub and "/resolve/" in urlsplit(url).path:
+                with self._count_lock:
+                    self.resolve_calls[file] = self.resolve_calls.get(file, 0) + 1
+            # The token goes to the Hub only; a storage url the Hub redirects to is signed on its own.
+            headers = {**(self._auth.headers() if origin == hub else {}), **extra, "Accept-Encoding": "identity"}
             with session.stream("GET", url, headers=headers, follow_redirects=False, timeout=self.timeout) as response:
                 if response.has_redirect_location:
-                    target = urljoin(url, response.headers["Location"])
-                    if _origin(target) != hub:
-                        self._locations[file] = target
-                    url = target
+                    url = urljoin(url, response.headers["Location"])
                     continue
                 if response.status_code >= 400:
                     response.read()
+                    if origin != hub and response.status_code in EXPIRED_STATUSES:
+                        raise _StorageRefused(response.status_code)
+                    if response.status_code in RETRY_AFTER_STATUSES:
+                        # Before any other reader of this source can send its next request there.
+                        self._hold(origin, _retry_after(response.headers.get("Retry-After")))
                     hf_raise_for_status(response)
                 if begin is not None and response.status_code != 206:
                     # A server that ignores Range would send the whole shard: refuse to read it.
@@ -302,15 +349,35 @@ class HubSource(Source):
                 expected = (end - begin) if begin is not None else None
                 data = _read_body(response, expected, limit=SMALL_FILE_LIMIT if begin is None else None)
                 total = _total_size(response.headers.get("Content-Range"))
+            # The url that served the bytes serves the next range too: a signed storage url is
+            # reused until it expires, so a file costs one /resolve, not one per read.
+            self._locations[file] = url
             with self._count_lock:
                 self.bytes_fetched += len(data)
             return data, total
         raise httpx2.TooManyRedirects(f"too many redirects for {file}")
 
+    def _hold(self, origin: tuple, seconds: float | None) -> None:
+        """`origin` asked not to be called for `seconds` (capped): every request of this source waits."""
+        if seconds is None:
+            return
+        seconds = min(seconds, self.max_retry_after_s)
+        with self._count_lock:
+            self._not_before[origin] = max(self._not_before.get(origin, 0.0), time.monotonic() + seconds)
+
+    def _wait_for(self, origin: tuple) -> None:
+        """Hold a request while `origin` asked (Retry-After) not to be called."""
+        with self._count_lock:
+            until = self._not_before.get(origin, 0.0)
+        delay = until - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
     def _call(self, fn: Callable, action: str):
         """Run `fn` with retries on transient failures; turn every failure into an EngineError."""
         wait = self.backoff_s
         for attempt in range(self.retries + 1):
+            asked = None  # seconds the server asked us to wait (Retry-After)
             try:
                 return fn()
             except HFValidationError:
@@ -322,10 +389,15 @@ class HubSource(Source):
                 if status not in RETRY_STATUSES:
                     raise self._error(exc, action) from None
                 last = f"HTTP {status}"
+                if status in RETRY_AFTER_STATUSES:
+                    asked = _retry_after(exc.response.headers.get("Retry-After"))
+                    if asked is not None:
+                        asked = min(asked, self.max_retry_after_s)
+                        self._hold(_origin(str(exc.response.url)), asked)  # (model_info's 429s too)
             except httpx2.HTTPError as exc:
                 last = type(exc).__name__
             if attempt < self.retries:
-                time.sleep(wait)
+                time.sleep(wait if asked is None else asked)
                 wait = min(wait * 2, self.max_backoff_s)
         raise EngineError(
             "transient",
@@ -361,13 +433,18 @@ class HubSource(Source):
     # --- description ----------------------------------------------------------------------
 
     def _where(self) -> str:
-        return f"{self.spec.id}@{self.sha[:12]}" if getattr(self, "sha", None) else self.spec.label
+        return f"{self.spec.id}@{self.sha[:12]}{self.spec.inside}" if getattr(self, "sha", None) else self.spec.label
 
     def describe(self) -> dict:
-        return {"kind": "hub", "id": self.spec.id, "revision": self.revision, "sha": self.sha}
+        return {"kind": "hub", "id": self.spec.id, "revision": self.revision, "sha": self.sha,
+                **self.spec.placement()}
+
+    @property
+    def bytes_read(self) -> int:
+        return self._local.bytes_read if self._local is not None else self._bytes_read
 
     def __repr__(self) -> str:
-        return f"HubSource({self.spec.id}@{self.revision}, sha={getattr(self, 'sha', '?')})"
+        return f"HubSource({self.spec.id}@{self.revision}{self.spec.inside}, sha={getattr(self, 'sha', '?')})"
 
     def __reduce__(self):
         raise TypeError("a HubSource holds open connections and credentials; pass its SourceSpec instead")
@@ -408,6 +485,24 @@ class _Run:
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     return parts.scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _total_size(content_range: str | None) -> int | None:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from worker.engine import cpu_kernel
+from worker.engine.geometry import geometry
 
 EXACT_TOLERANCES = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3)
 
@@ -96,6 +97,8 @@ class TensorAccumulator:
     rows_touched: int = 0
     cols_touched: torch.Tensor | None = None
     rank_rows: list[torch.Tensor] = field(default_factory=list)
+    want_geometry: bool = False
+    geometry_rows: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (base, tuned) float32
 
 
 @dataclass
@@ -104,7 +107,7 @@ class PieceStats:
 
     curve: torch.Tensor  # (curve bin, refine bit) counts
     ulp: torch.Tensor  # ULP bucket counts
-    mask: torch.Tensor  # changed at the chosen tolerance (bool, CPU)
+    mask: torch.Tensor | None  # changed at the chosen tolerance (bool, CPU); None when the kernel keeps no masks
     numel: int
     nan: int
     delta_sq: float
@@ -113,6 +116,9 @@ class PieceStats:
     rows_touched: int = 0
     cols_touched: torch.Tensor | None = None
     delta_rows: torch.Tensor | None = None  # for rank
+    # (base rows, tuned rows) as float32 on the CPU, for geometry: exact for every compared dtype
+    geometry_rows: tuple[torch.Tensor, torch.Tensor] | None = None
+    chosen_changed: int | None = None  # count of `mask` (given when the mask is not kept)
 
 
 class Kernel:
@@ -153,13 +159,16 @@ class Kernel:
         self._lut_f64 = np.full(_NBINS, np.inf)
         for t in self.exact:
             self._lut_f64[self._bin64[t]] = t
+        # Whether pieces carry their mask (masks files need it; the counts do not).
+        self.keep_masks = True
 
     @staticmethod
     def _wide_bin(bits64: int) -> int:
         return min(max((bits64 >> 49) - ((1023 - 127) << 3), 0), _NBINS - 1)
 
-    def start(self, name: str, shape: tuple[int, ...], compare_dtype: torch.dtype, want_rank: bool) -> TensorAccumulator:
-        acc = TensorAccumulator(name, tuple(shape), compare_dtype, want_rank)
+    def start(self, name: str, shape: tuple[int, ...], compare_dtype: torch.dtype, want_rank: bool,
+              want_geometry: bool = False) -> TensorAccumulator:
+        acc = TensorAccumulator(name, tuple(shape), compare_dtype, want_rank, want_geometry=want_geometry)
         acc.curve = torch.zeros(_NBINS * 2, dtype=torch.int64)
         acc.ulp = torch.zeros(ULP_BUCKETS, dtype=torch.int64)
         if len(shape) == 2:
@@ -167,7 +176,7 @@ class Kernel:
         return acc
 
     def measure(self, base: torch.Tensor, tuned: torch.Tensor, compare_dtype: torch.dtype,
-                cols: int | None, want_rank: bool) -> PieceStats:
+                cols: int | None, want_rank: bool, want_geometry: bool = False) -> PieceStats:
         """Statistics of one piece (1-D, same length; whole rows of `cols` for matrices).
 
         Pure: touches no accumulator, so pieces may be measured on several threads.
@@ -183,6 +192,13 @@ class Kernel:
             base = base.to(compare_dtype)  # round to nearest even, as metrics.md says
         if tuned.dtype != compare_dtype:
             tuned = tuned.to(compare_dtype)
+        stats = self._measure(base, tuned, compare_dtype, cols, want_rank)
+        if want_geometry and cols:  # a copy: the source may reuse or unmap its buffers after release
+            stats.geometry_rows = tuple(x.to("cpu", torch.float32, copy=True).view(-1, cols) for x in (base, tuned))
+        return stats
+
+    def _measure(self, base, tuned, compare_dtype, cols, want_rank) -> PieceStats:
+        n = base.numel()
         if self.device.type == "cpu" and compare_dtype in cpu_kernel.SUPPORTED:
             return self._measure_fused(base, tuned, compare_dtype, cols, want_rank)
         # float64 holds every supported value and every difference of two exactly.
@@ -225,13 +241,16 @@ class Kernel:
 
     def _measure_fused(self, base, tuned, compare_dtype, cols, want_rank) -> PieceStats:
         curve, ulp, mask, col_flags, out = cpu_kernel.measure_cpu(
-            base.contiguous(), tuned.contiguous(), compare_dtype, cols, self._lut_f64, float(self.chosen), ULP_BUCKETS
+            base.contiguous(), tuned.contiguous(), compare_dtype, cols, self._lut_f64, float(self.chosen), ULP_BUCKETS,
+            self.keep_masks,
         )
-        nan, delta_sq, base_sq, max_abs, rows_touched = out
+        nan, delta_sq, base_sq, max_abs, rows_touched, chosen_changed = out
         stats = PieceStats(
-            curve=torch.from_numpy(curve), ulp=torch.from_numpy(ulp), mask=torch.from_numpy(mask),
+            curve=torch.from_numpy(curve), ulp=torch.from_numpy(ulp),
+            mask=torch.from_numpy(mask) if mask is not None else None,
             numel=base.numel(), nan=nan, delta_sq=delta_sq, base_sq=base_sq, max_abs=max_abs,
             rows_touched=rows_touched, cols_touched=torch.from_numpy(col_flags) if cols else None,
+            chosen_changed=chosen_changed,
         )
         if want_rank and cols:
             delta = tuned.double() - base.double()
@@ -242,7 +261,8 @@ class Kernel:
     def fold(self, acc: TensorAccumulator, piece: PieceStats) -> None:
         acc.curve += piece.curve
         acc.ulp += piece.ulp
-        acc.chosen_changed += int(torch.count_nonzero(piece.mask))
+        acc.chosen_changed += (piece.chosen_changed if piece.chosen_changed is not None
+                               else int(torch.count_nonzero(piece.mask)))
         acc.nan += piece.nan
         acc.numel += piece.numel
         acc.delta_sq += piece.delta_sq
@@ -253,6 +273,8 @@ class Kernel:
             acc.cols_touched |= piece.cols_touched
         if piece.delta_rows is not None:
             acc.rank_rows.append(piece.delta_rows)
+        if piece.geometry_rows is not None:
+            acc.geometry_rows.append(piece.geometry_rows)
 
     def _histogram(self, delta, base, tuned, dtype, nan_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(joint counts of this piece, bit patterns of the float64 |delta|)."""
@@ -316,11 +338,17 @@ class Kernel:
             "ulp": [int(c) for c in ulp],
             "rank": None,
             "rank_ratio": None,
+            "geometry": None,
         }
         if acc.want_rank and two_d and acc.numel:
             delta = torch.cat(acc.rank_rows) if len(acc.rank_rows) > 1 else acc.rank_rows[0]
             acc.rank_rows.clear()
-            rank = int(torch.linalg.matrix_rank(delta))
+            rank = int(torch.linalg.matrix_rank(delta.to(self.device)))  # on the GPU when there is one
             record["rank"] = rank
             record["rank_ratio"] = rank / min(delta.shape)
+        if acc.want_geometry and two_d and acc.numel:
+            base = torch.cat([b for b, _ in acc.geometry_rows])
+            tuned = torch.cat([t for _, t in acc.geometry_rows])
+            acc.geometry_rows.clear()
+            record["geometry"] = geometry(base, tuned, self.device)
         return record

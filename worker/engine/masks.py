@@ -127,3 +127,67 @@ def load_masks(path: Path | str) -> dict[str, torch.Tensor]:
     path = Path(path)
     _, shapes = read_metadata(path)
     return {name: unpack(packed, shapes[name]) for name, packed in iter_packed(path, list(shapes))}
+
+
+DENSITY_BINS = 256
+HIST_EDGES = (0.0, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0)  # shares of a row (column) changed, after "0 (untouched)"
+_BLOCK_BITS = 1 << 24  # bits unpacked at once: 16 MB of bools whatever the tensor size
+
+
+def _edges(n: int, bins: int) -> np.ndarray:
+    """bins + 1 increasing integer edges splitting range(n) into near-equal runs."""
+    return (np.arange(min(bins, n) + 1, dtype=np.int64) * n) // min(bins, n)
+
+
+def density(path: Path | str, name: str, bins: int = DENSITY_BINS) -> dict:
+    """Where one tensor's changed elements lie, streamed from the packed mask in row blocks.
+
+    Rows and columns are binned to at most `bins` each (a 1-D tensor is one row); per bin
+    cell the share of elements changed, plus histograms of the share changed per row and
+    per column. Memory: one block of rows (~16 M bits) and the per-column counts.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    metadata, shapes = read_metadata(path)
+    if name not in shapes:
+        raise EngineError("not_found", f"No tensor {name!r} in this mask file.")
+    shape = list(shapes[name])
+    m, n = (shape[0], int(np.prod(shape[1:]))) if len(shape) >= 2 else (1, int(np.prod(shape)))
+    row_edges, col_edges = _edges(m, bins), _edges(n, bins)
+    grid = np.zeros((len(row_edges) - 1, len(col_edges) - 1), dtype=np.int64)
+    row_counts = np.zeros(m, dtype=np.int64)
+    col_counts = np.zeros(n, dtype=np.int64)
+    if m and n:
+        row_bin = np.searchsorted(row_edges, np.arange(m), side="right") - 1
+        step = max(1, _BLOCK_BITS // n)
+        with safe_open(str(path), framework="numpy") as f:
+            packed = f.get_slice(name)
+            for r0 in range(0, m, step):
+                r1 = min(m, r0 + step)
+                bit0, bit1 = r0 * n, r1 * n
+                raw = packed[bit0 // 8: (bit1 + 7) // 8]
+                bits = np.unpackbits(raw, bitorder="little")[bit0 % 8: bit0 % 8 + (bit1 - bit0)]
+                block = bits.reshape(r1 - r0, n)  # (rows of this block, n) 0/1
+                per_col_bin = np.add.reduceat(block, col_edges[:-1], axis=1, dtype=np.int64)  # (rows, col bins)
+                np.add.at(grid, row_bin[r0:r1], per_col_bin)
+                row_counts[r0:r1] = block.sum(axis=1, dtype=np.int64)
+                col_counts += block.sum(axis=0, dtype=np.int64)
+    cells = np.outer(np.diff(row_edges), np.diff(col_edges))
+    share = np.divide(grid, cells, out=np.zeros(grid.shape), where=cells > 0)
+
+    def hist(counts: np.ndarray, length: int) -> list[int]:
+        frac = counts / max(length, 1)
+        touched = frac[counts > 0]
+        upper = np.histogram(touched, bins=np.array(HIST_EDGES))[0] if touched.size else np.zeros(len(HIST_EDGES) - 1)
+        return [int((counts == 0).sum()), *(int(x) for x in upper)]
+
+    return {
+        "name": name, "shape": shape, "tolerance": float(metadata.get("tolerance", "nan")),
+        "changed": int(row_counts.sum()), "numel": m * n,
+        "row_edges": row_edges.tolist(), "col_edges": col_edges.tolist(),
+        "density": share.tolist(),
+        "row_coverage": float((row_counts > 0).mean()) if m else None,
+        "col_coverage": float((col_counts > 0).mean()) if n else None,
+        "hist_edges": list(HIST_EDGES), "row_hist": hist(row_counts, n), "col_hist": hist(col_counts, m),
+    }

@@ -64,6 +64,11 @@ def _fold_experts(parts: list[str]) -> tuple[list[str], int | None]:
     return out, expert
 
 
+def name_order(name: str) -> tuple:
+    """Natural sort key of tensor names: layers.2 before layers.10."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split("."))
+
+
 def layer_order(row: dict) -> tuple:
     """Sort key of per-layer rows: by stack name, then index; tensors outside any stack last."""
     return (row.get("layer") is None, row.get("stack") or "", row.get("layer") or 0)

@@ -3,7 +3,9 @@
 A Source knows every tensor of a checkpoint from the safetensors headers alone
 (no weight bytes), and reads element ranges of a tensor on demand, so an analysis
 streams pieces of bounded size whatever the model size. The Hub source lives in
-`hub.py`; this module holds the shared parts and the local-directory source.
+`hub.py`, which file holds the weights is decided in `layout.py` (for both), and
+`open.py` dispatches a spec to its source; this module holds the shared parts and
+the local-directory source, and imports neither `hub` nor `open`.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import hashlib
 import json
 import mmap
 import os
-import queue
 import re
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,10 +26,8 @@ import blake3
 import torch
 
 from worker.engine.errors import EngineError
+from worker.engine.layout import check_relative, select_weights
 from worker.engine.safetensors_format import TensorInfo, bytes_to_tensor, header_length, parse_header
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-INDEX_FILE = "model.safetensors.index.json"
 
 # huggingface_hub's own rule for repo ids (validate_repo_id), plus an optional org.
 _REPO_ID = re.compile(r"^(?:[\w\-.]{1,96}/)?[\w\-.]{1,96}$")
@@ -40,12 +40,33 @@ class SourceSpec:
     id: str  # "org/name" for hub; absolute resolved path for local
     revision: str | None = None  # hub only; None means "main"
     display: str = ""  # what the user typed, e.g. "local:demo/base" (never a server path)
+    # Where the weights are inside the checkpoint (worker/engine/layout.py): a folder
+    # ("unet") and/or one file relative to it ("model.fp16.safetensors", an index, an adapter).
+    subfolder: str | None = None
+    file: str | None = None
+
+    def __post_init__(self) -> None:
+        # Relative, no '..', sane characters, else EngineError("bad_id"); "" and "unet/" normalised.
+        object.__setattr__(self, "subfolder", check_relative(self.subfolder, "subfolder"))
+        object.__setattr__(self, "file", check_relative(self.file, "file"))
 
     @property
     def label(self) -> str:
         if self.kind == "hub":
-            return f"{self.id}@{self.revision}" if self.revision else self.id
-        return self.display or self.id
+            where = f"{self.id}@{self.revision}" if self.revision else self.id
+        else:
+            where = self.display or self.id
+        return where + self.inside
+
+    @property
+    def inside(self) -> str:
+        """' (subfolder=unet, file=x.safetensors)' when either is set, else ''."""
+        parts = [f"{k}={v}" for k, v in (("subfolder", self.subfolder), ("file", self.file)) if v]
+        return f" ({', '.join(parts)})" if parts else ""
+
+    def placement(self) -> dict:
+        """{"subfolder", "file"} for those set: added to describe() and the analysis id."""
+        return {k: v for k, v in (("subfolder", self.subfolder), ("file", self.file)) if v}
 
 
 @dataclass(frozen=True)
@@ -72,22 +93,29 @@ def parse_source(
     revision: str | None = None,
     local_root: Path | None = None,
     allow_any_path: bool = False,
+    subfolder: str | None = None,
+    file: str | None = None,
 ) -> SourceSpec:
     """Turn what a user typed into a SourceSpec, refusing anything unsafe or malformed.
 
     "org/name" or "org/name@rev" is a Hub repo; "local:rel/dir" is a directory under
     `local_root`. Other paths ("/abs", "./dir", "~/dir", an existing directory) are
     accepted only with `allow_any_path` (the CLI); the server passes False, and then
-    a path must resolve (symlinks followed) inside `local_root`.
+    a path must resolve (symlinks followed) inside `local_root`, and so must the
+    `subfolder` and `file` inside it. `subfolder`/`file` say where the weights are
+    (worker/engine/layout.py); they must be relative, without '..' (else `bad_id`).
     """
     text = (text or "").strip()
     if not text:
         raise EngineError("bad_id", "A model id is required, e.g. 'org/name' or 'local:demo/base'.")
+    subfolder, file = check_relative(subfolder, "subfolder"), check_relative(file, "file")
     if text.startswith("local:"):
-        return _local_spec(text[len("local:") :], text, local_root, allow_any_path, relative_to_root=True)
+        return _local_spec(text[len("local:") :], text, local_root, allow_any_path, relative_to_root=True,
+                           subfolder=subfolder, file=file)
     looks_like_path = text.startswith(("/", "./", "../", "~")) or (allow_any_path and Path(text).expanduser().is_dir())
     if looks_like_path:
-        return _local_spec(text, text, local_root, allow_any_path, relative_to_root=False)
+        return _local_spec(text, text, local_root, allow_any_path, relative_to_root=False,
+                           subfolder=subfolder, file=file)
     repo, _, inline_rev = text.partition("@")
     if not _REPO_ID.match(repo) or ".." in repo or "--" in repo or repo.startswith((".", "-")):
         raise EngineError(
@@ -98,10 +126,11 @@ def parse_source(
     rev = revision or inline_rev or None
     if rev is not None:
         validate_revision(rev)
-    return SourceSpec("hub", repo, rev, display=text)
+    return SourceSpec("hub", repo, rev, display=text, subfolder=subfolder, file=file)
 
 
-def _local_spec(path_text: str, display: str, local_root: Path | None, allow_any_path: bool, *, relative_to_root: bool) -> SourceSpec:
+def _local_spec(path_text: str, display: str, local_root: Path | None, allow_any_path: bool, *, relative_to_root: bool,
+                subfolder: str | None = None, file: str | None = None) -> SourceSpec:
     raw = Path(path_text).expanduser()
     if relative_to_root and not raw.is_absolute():
         if local_root is None:
@@ -110,13 +139,15 @@ def _local_spec(path_text: str, display: str, local_root: Path | None, allow_any
     resolved = raw.resolve()
     if not allow_any_path:
         root = (local_root or Path("/nonexistent")).resolve()
-        if not resolved.is_relative_to(root):
+        inner = resolved / (subfolder or "") / (file or "")
+        # A subfolder or file that is a symlink out of the root is as forbidden as the directory.
+        if not resolved.is_relative_to(root) or not inner.resolve().is_relative_to(root):
             raise EngineError(
                 "path_forbidden",
                 f"Local path {display!r} is outside the server's local root; only checkpoints under the "
                 "configured root (SUBNETSCOPE_LOCAL_ROOT) are allowed.",
             )
-    return SourceSpec("local", str(resolved), None, display=display)
+    return SourceSpec("local", str(resolved), None, display=display, subfolder=subfolder, file=file)
 
 
 class Source(ABC):
@@ -133,9 +164,30 @@ class Source(ABC):
     def total_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors.values())
 
+    @property
+    def bytes_read(self) -> int:
+        """Weight bytes actually read so far (local: bytes of the pieces read; Hub: body bytes
+        of weight range requests, a retried request counted again). Headers and JSON excluded."""
+        return self._bytes_read
+
+    _bytes_read = 0
+    _count_lock = threading.Lock()  # shared by every source: one += per piece or request
+
+    def _count(self, n: int) -> None:
+        with self._count_lock:
+            self._bytes_read += n
+
     def describe(self) -> dict:
-        return {"kind": self.spec.kind, "id": self.spec.label if self.spec.kind == "local" else self.spec.id,
-                "revision": self.spec.revision, "sha": self.sha}
+        """{"kind","id","revision","sha"}, plus "subfolder"/"file" when the spec names them."""
+        ident = (self.spec.display or self.spec.id) if self.spec.kind == "local" else self.spec.id
+        return {"kind": self.spec.kind, "id": ident, "revision": self.spec.revision, "sha": self.sha,
+                **self.spec.placement()}
+
+    def span(self, piece: Piece) -> tuple[int, int]:
+        """Byte range [begin, end) of `piece` in its tensor's file (begin == end when empty)."""
+        info = self.tensors[piece.name]
+        begin = info.offset + piece.start * info.itemsize
+        return begin, begin + max(0, piece.stop - piece.start) * info.itemsize
 
     @abstractmethod
     def read_piece(self, piece: Piece) -> torch.Tensor:
@@ -145,12 +197,12 @@ class Source(ABC):
         info = self.tensors[name]
         return self.read_piece(Piece(name, 0, info.numel)).reshape(info.shape)
 
+    @abstractmethod
     def iter_pieces(self, pieces: Sequence[Piece]) -> Iterator[tuple[Piece, torch.Tensor]]:
-        """The pieces in order, read ahead on a background thread so I/O overlaps compute.
+        """The pieces in order, read ahead within `prefetch_bytes` so I/O overlaps compute.
 
         The consumer calls `release(piece)` once it no longer needs the piece's tensor.
         """
-        yield from _prefetched(self, pieces, self.prefetch_bytes)
 
     def release(self, piece: Piece) -> None:
         """The caller is done with `piece`: drop whatever memory it pinned."""
@@ -165,94 +217,146 @@ class Source(ABC):
         self.close()
 
 
-def _prefetched(source: Source, pieces: Sequence[Piece], budget: int) -> Iterator[tuple[Piece, torch.Tensor]]:
-    """Run `source.read_piece` ahead of the consumer, holding at most `budget` unconsumed bytes."""
-    done = object()
-    slots = queue.Queue()
-    in_flight = threading.Semaphore(max(1, budget >> 20))  # budget in MiB tickets
-    stop = threading.Event()
-
-    def tickets(piece: Piece) -> int:
-        info = source.tensors[piece.name]
-        return max(1, min(budget >> 20, ((piece.stop - piece.start) * info.itemsize) >> 20))
-
-    def producer() -> None:
-        try:
-            for piece in pieces:
-                for _ in range(tickets(piece)):
-                    in_flight.acquire()
-                if stop.is_set():
-                    return
-                slots.put((piece, source.read_piece(piece)))
-            slots.put((done, None))
-        except BaseException as exc:  # surfaced in the consumer's thread
-            slots.put((exc, None))
-
-    thread = threading.Thread(target=producer, name=f"prefetch-{source.spec.label}", daemon=True)
-    thread.start()
-    try:
-        while True:
-            piece, tensor = slots.get()
-            if piece is done:
-                return
-            if isinstance(piece, BaseException):
-                raise piece
-            yield piece, tensor
-            for _ in range(tickets(piece)):
-                in_flight.release()
-    finally:
-        stop.set()
-        for _ in range(max(1, budget >> 20)):
-            in_flight.release()
-
-
 # --- local directories ------------------------------------------------------------------
 
-# (path, size, mtime_ns, inode) -> sha256 of the file, so a checkpoint is hashed once per process.
+# Content ids of local files, by what stat says about them (`_stat_key`): in this process,
+# and on disk across processes (`_digest_cache_dir`), so a checkpoint is read in full to
+# name it once, not before every analysis. The stat key is the trade-off: a file rewritten
+# in place with the same size is seen as changed by its ctime, which no user can set back
+# (an mtime-preserving rewrite, `touch -d` / os.utime, still moves it); what the key cannot
+# see is a rewrite within one timestamp tick of the stat that hashed it, so a file changed
+# in the last `_SETTLE_NS` is hashed but never remembered ("racy git"), and a clock moved
+# backwards. SUBNETSCOPE_DIGEST_CACHE=off turns the disk cache off.
 _FILE_DIGESTS: dict[tuple, str] = {}
+_SETTLE_NS = 2_000_000_000
+_DIGEST_VERSION = "blake3-1"
+
+
+def _stat_key(path: Path) -> tuple:
+    st = path.stat()
+    return (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _digest_cache_dir() -> Path | None:
+    """SUBNETSCOPE_DIGEST_CACHE (a directory, or off), else $XDG_CACHE_HOME/subnetscope/digests."""
+    env = os.environ.get("SUBNETSCOPE_DIGEST_CACHE")
+    if env is not None:
+        return None if env.strip().lower() in ("", "0", "off", "false", "no") else Path(env).expanduser()
+    try:
+        root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    except RuntimeError:  # no home directory: no disk cache
+        return None
+    return Path(root) / "subnetscope" / "digests"
+
+
+def _digest_entry(key: tuple) -> Path | None:
+    folder = _digest_cache_dir()
+    if folder is None:
+        return None
+    name = hashlib.sha256(json.dumps([_DIGEST_VERSION, *key]).encode()).hexdigest()[:40]
+    return folder / name[:2] / f"{name}.json"
+
+
+def _cached_digest(key: tuple) -> str | None:
+    entry = _digest_entry(key)
+    try:
+        data = json.loads(entry.read_text()) if entry is not None else None
+    except (OSError, ValueError):
+        return None
+    if isinstance(data, dict) and data.get("key") == [_DIGEST_VERSION, *key] and isinstance(data.get("digest"), str):
+        return data["digest"]
+    return None
+
+
+def _remember_digest(key: tuple, digest: str) -> None:
+    entry = _digest_entry(key)
+    if entry is None:
+        return
+    try:  # best effort: a read-only or full cache only costs a re-hash next time
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_name(f"{entry.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps({"key": [_DIGEST_VERSION, *key], "digest": digest}))
+        os.replace(tmp, entry)
+    except OSError:
+        pass
 
 
 def _file_digest(path: Path) -> str:
     """BLAKE3 of the file's bytes: a content id as safe as sha256, several times faster
     (SIMD, and threads on large updates), read through one reused buffer so the
-    hashing adds no resident memory."""
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
-    if key not in _FILE_DIGESTS:
+    hashing adds no resident memory. Remembered by stat key (see above)."""
+    key = _stat_key(path)
+    if key in _FILE_DIGESTS:
+        return _FILE_DIGESTS[key]
+    digest = _cached_digest(key)
+    if digest is None:
+        started = time.time_ns()
         h = blake3.blake3(max_threads=blake3.blake3.AUTO)
         buffer = bytearray(32 << 20)
         view = memoryview(buffer)
         with open(path, "rb", buffering=0) as f:
             while n := f.readinto(buffer):
                 h.update(view[:n])
-        _FILE_DIGESTS[key] = h.hexdigest()
-    return _FILE_DIGESTS[key]
+        digest = h.hexdigest()
+        settled = max(key[4], key[5]) < started - _SETTLE_NS
+        if not settled or _stat_key(path) != key:
+            return digest  # changed lately or while read: not remembered anywhere
+        _remember_digest(key, digest)
+    _FILE_DIGESTS[key] = digest
+    return digest
 
 
-def safetensors_files(directory: Path, label: str) -> list[str]:
-    """Weight files of a checkpoint directory; pickle-only checkpoints are refused unread."""
-    index = directory / INDEX_FILE
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError, TypeError):
-            raise EngineError("malformed", f"{label}: {INDEX_FILE} is not a valid index (no weight_map).") from None
-        return sorted(set(weight_map.values()))
-    files = sorted(p.name for p in directory.glob("*.safetensors"))
-    if files:
-        return files
-    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        raise EngineError(
-            "no_safetensors",
-            f"{label} has only pickle weights ({', '.join(pickles[:3])}); Subnetscope never loads pickle files "
-            "because they can run code. Convert the checkpoint to safetensors first.",
-        )
-    raise EngineError("no_safetensors", f"{label} contains no safetensors weights (*.safetensors).")
+# index.json and config.json are read whole; anything bigger is not what it claims to be.
+SMALL_FILE_LIMIT = 64 << 20
+# A directory is listed this many levels below the chosen folder (enough for "unet/" candidates
+# and shards beside an index), and at most this many entries, so a huge tree costs little.
+_LIST_DEPTH = 3
+_LIST_LIMIT = 100_000
+
+
+def list_files(directory: Path, folder: str | None = None, file: str | None = None) -> list[str]:
+    """Files under directory/folder (a few levels deep, hidden entries skipped), as POSIX paths
+    relative to `directory`: what `layout.select_weights` chooses from."""
+    top = directory / folder if folder else directory
+    out: list[str] = []
+    roots = [top] + ([(top / file).parent] if file else [])
+    for root in roots:
+        if not root.is_dir():
+            continue
+        base_depth = len(root.relative_to(directory).parts)
+        for current, dirs, files in os.walk(root):
+            here = Path(current).relative_to(directory)
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if len(here.parts) - base_depth < _LIST_DEPTH - 1 else []
+            out.extend((here / f).as_posix() for f in files if not f.startswith("."))
+            if len(out) > _LIST_LIMIT:
+                break
+    return sorted(set(out))
+
+
+def read_small_json(path: Path, where: str, shown: str):
+    """A JSON file of a checkpoint, refused as malformed when it is not JSON or too large."""
+    try:
+        if path.stat().st_size > SMALL_FILE_LIMIT:
+            raise EngineError("malformed", f"{where}: {shown} is larger than {SMALL_FILE_LIMIT >> 20} MiB; not a metadata file.")
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise EngineError("malformed", f"{where}: {shown} is not valid JSON.") from None
+    except OSError:
+        raise EngineError("malformed", f"{where}: {shown} cannot be read.") from None
+
+
+def safetensors_files(directory: Path, label: str, *, subfolder: str | None = None, file: str | None = None) -> list[str]:
+    """Weight files of a checkpoint directory by the shared rule (layout.py); pickles are never read."""
+    return select_weights(
+        list_files(directory, subfolder, file),
+        lambda name: read_small_json(directory / name, label, name),
+        where=label, subfolder=subfolder, file=file,
+    )
 
 
 class LocalSource(Source):
-    """A directory with model.safetensors or shards listed in model.safetensors.index.json.
+    """A directory (or a subfolder of it) with weights chosen by the rule of layout.py:
+    model.safetensors or the shards of model.safetensors.index.json, or the file named.
 
     Files are memory-mapped; pages of a piece are asked for ahead of use and dropped
     after it, so resident memory stays near the prefetch budget, not the model size.
@@ -265,7 +369,9 @@ class LocalSource(Source):
         if not directory.is_dir():
             raise EngineError("not_found", f"Local checkpoint {spec.label} does not exist (no such directory).")
         self.directory = directory
-        self.files = safetensors_files(directory, spec.label)
+        if spec.subfolder and not (directory / spec.subfolder).is_dir():
+            raise EngineError("not_found", f"Local checkpoint {spec.label}: no subfolder {spec.subfolder}/ in it.")
+        self.files = safetensors_files(directory, spec.label, subfolder=spec.subfolder, file=spec.file)
         self.tensors = {}
         self._maps: dict[str, mmap.mmap] = {}
         digests = []
@@ -286,23 +392,19 @@ class LocalSource(Source):
             if sha is None:
                 digests.append(f"{fname}:{_file_digest(path)}")
         self.sha = sha or hashlib.sha256("\n".join(digests).encode()).hexdigest()
-        config = directory / "config.json"
+        config = directory / (spec.subfolder or "") / "config.json"
         try:
             self.config = json.loads(config.read_text()) if config.is_file() else None
         except ValueError:
             self.config = None
 
-    def _span(self, piece: Piece) -> tuple[mmap.mmap, int, int]:
-        info = self.tensors[piece.name]
-        begin = info.offset + piece.start * info.itemsize
-        return self._maps[info.file], begin, begin + (piece.stop - piece.start) * info.itemsize
-
     def read_piece(self, piece: Piece) -> torch.Tensor:
         info = self.tensors[piece.name]
         if piece.stop <= piece.start:
             return bytes_to_tensor(b"", info, 0, 0)
-        mm, begin, end = self._span(piece)
-        return bytes_to_tensor(memoryview(mm)[begin:end], info, piece.start, piece.stop)
+        begin, end = self.span(piece)
+        self._count(end - begin)
+        return bytes_to_tensor(memoryview(self._maps[info.file])[begin:end], info, piece.start, piece.stop)
 
     def iter_pieces(self, pieces: Sequence[Piece]) -> Iterator[tuple[Piece, torch.Tensor]]:
         # The kernel page-faults the mapping itself; the OS reads ahead what we announce.
@@ -322,7 +424,8 @@ class LocalSource(Source):
             self._advise(piece, mmap.MADV_DONTNEED)
 
     def _advise(self, piece: Piece, advice: int) -> None:
-        mm, begin, end = self._span(piece)
+        mm = self._maps[self.tensors[piece.name].file]
+        begin, end = self.span(piece)
         page = mmap.PAGESIZE
         start = begin - begin % page
         try:
@@ -337,12 +440,3 @@ class LocalSource(Source):
             except BufferError:  # a tensor still views it; the OS unmaps at exit
                 pass
         self._maps.clear()
-
-
-def open_source(spec: SourceSpec, *, token: str | None = None) -> Source:
-    """Open a checkpoint: resolve it and read every header, but no weight bytes yet."""
-    if spec.kind == "local":
-        return LocalSource(spec)
-    from worker.engine.hub import HubSource  # huggingface_hub is imported only when needed
-
-    return HubSource(spec, token=token)

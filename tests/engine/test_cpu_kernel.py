@@ -1,0 +1,153 @@
+"""The fused CPU kernel's own paths against the torch path (itself held to the float64
+reference in test_kernel_reference.py): chunk edges, sparse and dense changes, NaN in
+either side or both with the same bits, signed zeros, infinities, with and without the
+AVX-512 compress stores and with and without masks. Also the on-disk content-id cache."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from worker.engine import cpu_kernel, sources
+from worker.engine.kernel import EXACT_TOLERANCES, Kernel
+
+DTYPES = [torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn, torch.float8_e5m2]
+
+
+def _pair(n: int, dtype: torch.dtype, share: float, seed: int, specials: bool):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, generator=g) * 0.02
+    base = torch.where(torch.rand(n, generator=g) < 0.1, base * 1e-5, base)
+    step = torch.randn(n, generator=g) * 10.0 ** torch.randint(-9, -1, (n,), generator=g).float()
+    changed = torch.rand(n, generator=g) < share
+    b = base.to(dtype)
+    u = torch.where(changed, (base + step).to(dtype).float(), b.float()).to(dtype)
+    if dtype in (torch.bfloat16, torch.float16, torch.float32):  # one-ULP moves
+        one = torch.rand(n, generator=g) < share / 2
+        u = torch.where(one, torch.nextafter(b, torch.full_like(b, 1.0)), u)
+    if specials and n >= 40:
+        nan = float("nan")
+        vals = [(nan, nan), (nan, 1.0), (1.0, nan), (0.0, -0.0), (-0.0, 0.0), (math.inf, math.inf),
+                (-math.inf, math.inf), (math.inf, 1.0), (0.5, -0.5), (-1e-3, 1e-3)]
+        if dtype == torch.float8_e4m3fn:  # no infinities: the largest finite value instead
+            vals = [(x if math.isfinite(x) or x != x else math.copysign(448.0, x),
+                     y if math.isfinite(y) or y != y else math.copysign(448.0, y)) for x, y in vals]
+        pos = torch.randperm(n, generator=g)[: len(vals)]
+        for p, (x, y) in zip(pos.tolist(), vals):
+            b[p] = torch.tensor(x).to(dtype)
+            u[p] = torch.tensor(y).to(dtype)
+    return b, u
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("share", [0.0, 0.004, 0.05, 0.3, 1.0])
+@pytest.mark.parametrize("compress", [True, False])
+def test_fused_kernel_equals_the_torch_path(monkeypatch, dtype, share, compress):
+    if compress and not cpu_kernel._has_compress():
+        pytest.skip("no AVX-512 compress stores on this CPU")
+    monkeypatch.setattr(cpu_kernel, "_COMPRESS", compress)
+    kernel = Kernel(list(EXACT_TOLERANCES), 3e-5, torch.device("cpu"))
+    for seed, (n, cols) in enumerate([(1, None), (17, None), (3 * cpu_kernel.CHUNK + 5, None),
+                                      (37 * 29, 29), (5 * 1000, 1000), (2 * cpu_kernel.CHUNK, cpu_kernel.CHUNK // 2),
+                                      (3 * 1500, 1500)]):
+        b, u = _pair(n, dtype, share, seed, specials=True)
+        for keep in (True, False):
+            kernel.keep_masks = keep
+            fused = kernel._measure(b, u, dtype, cols, False)
+            monkeypatch.setattr(cpu_kernel, "SUPPORTED", frozenset())
+            ref = kernel._measure(b, u, dtype, cols, False)
+            monkeypatch.setattr(cpu_kernel, "SUPPORTED", frozenset(cpu_kernel._RAW) | {torch.float32})
+            where = (str(dtype), share, n, cols, keep)
+            assert torch.equal(fused.curve, ref.curve), where
+            assert torch.equal(fused.ulp, ref.ulp), where
+            assert fused.nan == ref.nan, where
+            assert fused.max_abs == ref.max_abs, where
+            assert math.isclose(fused.delta_sq, ref.delta_sq, rel_tol=1e-12), where
+            assert math.isclose(fused.base_sq, ref.base_sq, rel_tol=1e-12), where
+            assert fused.chosen_changed == int(ref.mask.sum()), where
+            if keep:
+                assert torch.equal(fused.mask, ref.mask), where
+            else:
+                assert fused.mask is None
+            if cols:
+                assert fused.rows_touched == ref.rows_touched, where
+                assert torch.equal(fused.cols_touched, ref.cols_touched), where
+
+
+# --- content ids: remembered on disk by stat key ------------------------------------------
+
+@pytest.fixture
+def digest_cache(tmp_path, monkeypatch):
+    folder = tmp_path / "digests"
+    monkeypatch.setenv("SUBNETSCOPE_DIGEST_CACHE", str(folder))
+    monkeypatch.setattr(sources, "_FILE_DIGESTS", {})
+    return folder
+
+
+def _forget_in_process(monkeypatch):
+    monkeypatch.setattr(sources, "_FILE_DIGESTS", {})  # as a new process would
+
+
+def test_a_settled_file_is_hashed_once_across_processes(tmp_path, digest_cache, monkeypatch):
+    monkeypatch.setattr(sources, "_SETTLE_NS", -(10**18))  # as if written long ago
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(os.urandom(1 << 16))
+    first = sources._file_digest(f)
+    assert len(list(digest_cache.rglob("*.json"))) == 1
+    _forget_in_process(monkeypatch)
+
+    class NoHashing:
+        def __init__(self, *a, **k):
+            raise AssertionError("hashed again")
+
+    monkeypatch.setattr(sources.blake3, "blake3", NoHashing)
+    assert sources._file_digest(f) == first
+
+
+def test_an_in_place_rewrite_that_keeps_size_and_mtime_is_seen(tmp_path, digest_cache, monkeypatch):
+    monkeypatch.setattr(sources, "_SETTLE_NS", -(10**18))
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"a" * 4096)
+    st = f.stat()
+    first = sources._file_digest(f)
+    time.sleep(0.05)  # past the file system's timestamp tick
+    with open(f, "r+b") as h:  # same inode, same size
+        h.write(b"b" * 4096)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime put back; ctime moves anyway
+    assert f.stat().st_mtime_ns == st.st_mtime_ns and f.stat().st_size == st.st_size
+    _forget_in_process(monkeypatch)
+    assert sources._file_digest(f) != first
+
+
+def test_a_recent_file_is_hashed_but_not_remembered(tmp_path, digest_cache):
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"x" * 1000)
+    digest = sources._file_digest(f)
+    assert digest == sources.blake3.blake3(b"x" * 1000).hexdigest()
+    assert not digest_cache.exists() and not sources._FILE_DIGESTS
+
+
+def test_the_disk_cache_can_be_turned_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("SUBNETSCOPE_DIGEST_CACHE", "off")
+    monkeypatch.setattr(sources, "_SETTLE_NS", -(10**18))
+    assert sources._digest_cache_dir() is None
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"y" * 10)
+    assert sources._file_digest(f) == sources.blake3.blake3(b"y" * 10).hexdigest()
+
+
+def test_a_corrupt_cache_entry_is_ignored(tmp_path, digest_cache, monkeypatch):
+    monkeypatch.setattr(sources, "_SETTLE_NS", -(10**18))
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"z" * 100)
+    right = sources._file_digest(f)
+    for entry in digest_cache.rglob("*.json"):
+        entry.write_text("{not json")
+    _forget_in_process(monkeypatch)
+    assert sources._file_digest(f) == right
+    np.testing.assert_equal(len(list(digest_cache.rglob("*.json"))), 1)

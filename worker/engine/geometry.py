@@ -1,0 +1,162 @@
+"""Update geometry of one matrix: where Delta points relative to the base's singular subspaces.
+
+Every number follows "Update geometry" in ../shared/design/metrics.md. For a base W (m x n),
+a tuned W~ and Delta = W~ - W, with W = U S V^T (r = min(m, n) singular triplets) and
+k = ceil(q r) for each q in QS:
+
+    stable rank      ||Delta||_F^2 / sigma_1(Delta)^2
+    effective rank   exp(H(p)), p_i = sigma_i(Delta) / sum_j sigma_j(Delta)
+    energy(k)        ||U_k^T Delta V_k||_F^2 / ||Delta||_F^2   (two-sided)
+                     ||U_k^T Delta||_F^2 / ||Delta||_F^2       (left)
+                     ||Delta V_k||_F^2 / ||Delta||_F^2         (right)
+    baseline(k)      (k/m)(k/n), k/m, k/n: the same shares for a direction-free update
+    rotation(k)      principal angles between span U_k(W) and span U_k(W~): mean sin, largest in degrees;
+                     the same for V
+    drift            ||sigma(W~) - sigma(W)||_2 / ||sigma(W)||_2
+
+Three float64 SVDs per matrix (W, W~ and Delta's singular values), all on `device`.
+One projection per side gives every k at once: with L = U^T Delta (r x n) and
+M = L V (r x r), left(k) is the energy of L's first k rows, two-sided(k) that of M's
+top-left k x k block, right(k) that of (Delta V)'s first k columns.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+QS = (0.01, 0.05, 0.10, 0.20)
+HEADLINE_Q = 0.05  # the one-number views (heatmap, compare columns) use k = 5 %
+SPECTRUM_ALL = 1024  # singular values stored in full up to this many; beyond: the top SPECTRUM_TOP
+SPECTRUM_TOP = 256  # plus a uniform subsample of the rest, SPECTRUM_ALL values in all
+SPECTRUM_DIGITS = 7  # significant digits kept of a stored singular value
+# Largest matrix (elements) whose geometry is computed: 2^28 (a 16k x 16k layer, 2 GiB in float64)
+# keeps every transformer block's matrices of a 70B model in and leaves out 100k+-row embeddings.
+MAX_ELEMENTS = 1 << 28
+
+
+def ks(m: int, n: int) -> list[int]:
+    r = min(m, n)
+    return [max(1, math.ceil(q * r - 1e-9)) for q in QS]
+
+
+def _angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Principal angles (radians, ascending) between the column spans of orthonormal a, b (m x k).
+
+    cos from the singular values of a^T b, sin from those of b - a a^T b; atan2 of the
+    pair is accurate near 0 and near 90 degrees alike, where arccos or arcsin alone are not.
+    """
+    c = a.T @ b
+    cos = torch.linalg.svdvals(c)  # descending
+    sin = torch.linalg.svdvals(b - a @ c).flip(0)  # ascending: pairs with descending cos
+    return torch.atan2(sin, cos)
+
+
+def _rotation(a: torch.Tensor, b: torch.Tensor, k_list: list[int]) -> tuple[list[float], list[float]]:
+    mean_sin, max_deg = [], []
+    for k in k_list:
+        theta = _angles(a[:, :k], b[:, :k])
+        mean_sin.append(float(torch.sin(theta).mean()))
+        max_deg.append(math.degrees(float(theta.max())))
+    return mean_sin, max_deg
+
+
+def spectrum(s: torch.Tensor) -> tuple[list[int] | None, list[float]]:
+    """(indices or None for all, values) of a descending spectrum, capped as SPECTRUM_* say."""
+    s = s.cpu()
+    r = s.numel()
+    if r <= SPECTRUM_ALL:
+        index = None
+    else:
+        rest = torch.linspace(SPECTRUM_TOP, r - 1, SPECTRUM_ALL - SPECTRUM_TOP).round().long()
+        index = torch.cat([torch.arange(SPECTRUM_TOP), rest]).unique().tolist()
+        s = s[index]
+    return index, [float(f"{v:.{SPECTRUM_DIGITS}g}") for v in s.tolist()]
+
+
+def geometry(base: torch.Tensor, tuned: torch.Tensor, device: torch.device | str = "cpu") -> dict | None:
+    """The geometry record of one matrix (see the module docstring); None for non-finite weights."""
+    started = time.perf_counter()
+    w = base.to(device=device, dtype=torch.float64)  # (m, n)
+    wt = tuned.to(device=device, dtype=torch.float64)  # (m, n)
+    if not (bool(torch.isfinite(w).all()) and bool(torch.isfinite(wt).all())):
+        return None
+    m, n = w.shape
+    delta = wt - w
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)  # u (m, r), s (r,), vh (r, n)
+    ut, st, vht = torch.linalg.svd(wt, full_matrices=False)
+    sd = torch.linalg.svdvals(delta)  # (r,)
+    k_list = ks(m, n)
+
+    fro2 = float(delta.square().sum())
+    energy: dict[str, list[float | None]]
+    if fro2 > 0:
+        left_rows = (u.T @ delta)  # (r, n)
+        two = (left_rows @ vh.T).square()  # (r, r)
+        right_cols = (delta @ vh.T).square().sum(dim=0)  # (r,)
+        left_cum = left_rows.square().sum(dim=1).cumsum(0)
+        right_cum = right_cols.cumsum(0)
+        # two-sided(k) = sum of the k x k block: a 2-D prefix sum read on its diagonal
+        two_cum = two.cumsum(0).cumsum(1).diagonal()
+        energy = {
+            "two_sided": [float(two_cum[k - 1]) / fro2 for k in k_list],
+            "left": [float(left_cum[k - 1]) / fro2 for k in k_list],
+            "right": [float(right_cum[k - 1]) / fro2 for k in k_list],
+        }
+        p = sd[sd > 0] / sd.sum()
+        stable_rank = fro2 / float(sd[0]) ** 2
+        effective_rank = math.exp(float(-(p * p.log()).sum()))
+    else:  # no update: no direction to measure
+        energy = {"two_sided": [None] * len(k_list), "left": [None] * len(k_list), "right": [None] * len(k_list)}
+        stable_rank = effective_rank = None
+    u_sin, u_deg = _rotation(u, ut, k_list)
+    v_sin, v_deg = _rotation(vh.T, vht.T, k_list)
+    s_norm = float(torch.linalg.vector_norm(s))
+    index, base_values = spectrum(s)
+    _, tuned_values = spectrum(st)
+    return {
+        "q": list(QS),
+        "k": k_list,
+        "stable_rank": stable_rank,
+        "effective_rank": effective_rank,
+        "energy": energy,
+        "baseline": {
+            "two_sided": [(k / m) * (k / n) for k in k_list],
+            "left": [k / m for k in k_list],
+            "right": [k / n for k in k_list],
+        },
+        "rotation": {"u_mean_sin": u_sin, "u_max_deg": u_deg, "v_mean_sin": v_sin, "v_max_deg": v_deg},
+        "drift": float(torch.linalg.vector_norm(st - s)) / s_norm if s_norm > 0 else None,
+        "spectra": {"rank": len(s), "index": index, "base": base_values, "tuned": tuned_values},
+        "seconds": round(time.perf_counter() - started, 4),
+    }
+
+
+# Fields averaged over matrices (element-weighted); lists are averaged position by position.
+_SCALARS = ("stable_rank", "effective_rank", "drift")
+_LISTS = (("energy", "two_sided"), ("energy", "left"), ("energy", "right"),
+          ("baseline", "two_sided"), ("baseline", "left"), ("baseline", "right"),
+          ("rotation", "u_mean_sin"), ("rotation", "u_max_deg"),
+          ("rotation", "v_mean_sin"), ("rotation", "v_max_deg"))
+
+
+def weighted(records: list[dict]) -> dict | None:
+    """Element-weighted means of the geometry of `records` (those without one are skipped)."""
+    rows = [(r["numel"], r["geometry"]) for r in records if r.get("geometry")]
+    if not rows:
+        return None
+
+    def mean(values: list[tuple[int, float | None]]) -> float | None:
+        kept = [(w, v) for w, v in values if v is not None]
+        total = sum(w for w, _ in kept)
+        return sum(w * v for w, v in kept) / total if total else None
+
+    out: dict = {"q": list(QS), "matrices": len(rows), "numel": sum(w for w, _ in rows),
+                 "seconds": round(sum(g.get("seconds") or 0.0 for _, g in rows), 3)}
+    for key in _SCALARS:
+        out[key] = mean([(w, g[key]) for w, g in rows])
+    for group, key in _LISTS:
+        out.setdefault(group, {})[key] = [mean([(w, g[group][key][i]) for w, g in rows]) for i in range(len(QS))]
+    return out
