@@ -60,6 +60,10 @@ def layout(query: dict):
                 id="f-rank", value="off", inline=True, className="radios",
                 options=[{"label": " off", "value": "off"}, {"label": " sampled", "value": "sampled"},
                          {"label": " all", "value": "all"}])),
+            _field("Update geometry (SVDs of W, W̃ and Δ; sampled = first, middle, last layer)", dcc.RadioItems(
+                id="f-geometry", value="off", inline=True, className="radios",
+                options=[{"label": " off", "value": "off"}, {"label": " sampled", "value": "sampled"},
+                         {"label": " all", "value": "all"}])),
             _field("Hub token (optional; used once, never stored or shown)",
                    dcc.Input(id="f-token", type="password", autoComplete="off", className="input",
                              placeholder="hf_…", persistence=False)),
@@ -321,10 +325,10 @@ def register(app, api):
         Input("f-submit", "n_clicks"),
         State("f-base", "value"), State("f-base-rev", "value"), State("f-tuned", "value"),
         State("f-tuned-rev", "value"), State("f-tol", "value"), State("f-rank", "value"),
-        State("f-token", "value"), State("f-api-token", "value"), State("api-token", "data"),
+        State("f-geometry", "value"), State("f-token", "value"), State("f-api-token", "value"), State("api-token", "data"),
         prevent_initial_call=True, running=[(Output("f-submit", "disabled"), True, False)],
     )
-    async def submit(n, base, base_rev, tuned, tuned_rev, tol, rank, token, api_token, kept_api_token):
+    async def submit(n, base, base_rev, tuned, tuned_rev, tol, rank, geometry, token, api_token, kept_api_token):
         if not n:  # the form appearing is not a click
             return no_update, no_update, no_update, no_update
         # The API token typed now, else the one this tab used before (kept for retries and overlaps).
@@ -333,7 +337,7 @@ def register(app, api):
         if not (tuned or "").strip():
             return notice("Enter a finetuned model (and its base, unless it is a LoRA adapter).", "error"), \
                 no_update, no_update, no_update
-        body = {"tuned": tuned.strip(), "tolerance": tol, "rank": rank}
+        body = {"tuned": tuned.strip(), "tolerance": tol, "rank": rank, "geometry": geometry}
         if (base or "").strip():  # empty: the API takes the base a LoRA adapter's config names
             body["base"] = base.strip()
         if (base_rev or "").strip():

@@ -61,6 +61,7 @@ def test_submit_demo_pair_through_the_form(page, svc, shot):
     page.locator("#f-tol").click()
     page.get_by_text("1e-4", exact=True).click()
     page.locator("#f-rank").get_by_text("sampled").click()
+    page.locator("#f-geometry").get_by_text("sampled").click()
     page.fill("#f-token", "hf_not_a_real_token_but_secret")
     shot(page, "home-filled")
     page.click("#f-submit")
@@ -74,6 +75,7 @@ def test_submit_demo_pair_through_the_form(page, svc, shot):
     assert body["status"] == "done"
     result = body["result"]
     summary = result["summary"]
+    assert result["options"]["geometry"] == "sampled" and summary["geometry"]["matrices"] > 0
     # the page opens at the analysis tolerance, 1e-4 (cards and URL come from one callback;
     # the browser may apply them a tick apart)
     page.wait_for_function("() => /[?&]t=1e-4(&|$)/.test(window.location.search)")

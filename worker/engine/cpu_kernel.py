@@ -387,6 +387,8 @@ def _with_spare(lut: np.ndarray) -> np.ndarray:
     """`lut` with a +inf for the spare bin (cached by identity: a kernel keeps its table)."""
     cached = _SPARE.get(id(lut))
     if cached is None or cached[0] is not lut:
+        if len(_SPARE) >= 8:  # one per live kernel; a long-lived worker makes many
+            _SPARE.clear()
         cached = (lut, np.append(lut, np.inf))
         _SPARE[id(lut)] = cached
     return cached[1]
