@@ -306,18 +306,8 @@ def test_adapter_key_forms_and_prefix_tolerance(zoo, tmp_path):
             assert torch.equal(_bits(tuned.read(name)), _bits(merged["model." + name]))
 
 
-def test_adapter_on_the_hub(zoo, tmp_path, monkeypatch):
+def test_adapter_on_the_hub(zoo, tmp_path, hf_env):
     """An adapter repo on a (loopback) Hub whose config names a Hub base: both read by range requests."""
-    from huggingface_hub import constants
-
-    from worker.engine.hub import HubSource
-
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(HubSource, "backoff_s", 0.01)
     c = zoo["cases"]["embed_save"]
     repos = tmp_path / "repos"
     shutil.copytree(c["base"], repos / "org" / "llama-base")
@@ -340,14 +330,8 @@ def test_adapter_on_the_hub(zoo, tmp_path, monkeypatch):
     assert _counts(result) == _counts(expected)
 
 
-def test_a_hub_base_shared_with_its_adapter_is_read_once(zoo, tmp_path, monkeypatch):
+def test_a_hub_base_shared_with_its_adapter_is_read_once(zoo, tmp_path, hf_env):
     """Tensors the adapter leaves alone are the base's own bytes: one range read serves both sides."""
-    from huggingface_hub import constants
-
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     c = zoo["cases"]["embed_save"]
     repos = tmp_path / "repos"
     shutil.copytree(c["base"], repos / "org" / "llama-base")

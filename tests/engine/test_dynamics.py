@@ -172,18 +172,9 @@ def test_checkpoints_of_different_architectures_are_refused_before_any_weight(tm
 # --- a Hub repo whose branches and tags are the checkpoints (tests/hubserver.py) ---------------
 
 @pytest.fixture
-def hub_run(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
+def hub_run(tmp_path, hf_env):
     from hubserver import HubServer
-    from worker.engine.hub import HubSource
 
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(HubSource, "backoff_s", 0.01)
     _, _, states = write_run(tmp_path / "local")
     repos = tmp_path / "repos"
     save(repos / "org" / "run", states["base"])  # main: the base

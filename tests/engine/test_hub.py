@@ -32,14 +32,8 @@ TOKEN = "hf_loopbackSecretToken123"
 
 
 @pytest.fixture(autouse=True)
-def hf_env(tmp_path, monkeypatch):
-    """No token, cache or offline flag leaks in from the machine running the tests."""
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(HubSource, "backoff_s", 0.01)
+def _hf_env(hf_env):
+    """Every test here talks to a loopback Hub (tests/engine/conftest.py)."""
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from huggingface_hub import constants
 from safetensors.torch import save_file
 
 from hubserver import HubServer  # tests/ is on sys.path (tests/conftest.py's directory)
@@ -26,13 +25,8 @@ CONFIG = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
 
 
 @pytest.fixture(autouse=True)
-def hf_env(tmp_path, monkeypatch):
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(HubSource, "backoff_s", 0.01)
+def _hf_env(hf_env):
+    """Every test may open a loopback Hub (tests/engine/conftest.py)."""
 
 
 class Place:
