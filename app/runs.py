@@ -270,11 +270,16 @@ def reduce_points(store: Store, settings: Settings, rid: str, request: dict, *, 
                                            f"({raw.get('status', 'missing')}); the run is reduced once it is.")
         return slim(json.loads(raw["result"]))
 
+    from app.artifacts import MASKS_FILE, artifact_store
+
+    artifacts = artifact_store(settings)
     points = []
     for c in request["checkpoints"]:
         main = result_of(c["analysis"], c["name"])
         cons = main if c["consecutive"] == c["analysis"] else result_of(c["consecutive"], c["name"])
-        points.append(RunPoint(c["name"], c["step"], Path(settings.artifacts_dir) / c["analysis"] / "masks.safetensors",
+        # A missing file reaches the reduce as a path that does not exist, which it reports by analysis.
+        masks = artifacts.masks_path(c["analysis"]) or Path(settings.artifacts_dir) / c["analysis"] / MASKS_FILE
+        points.append(RunPoint(c["name"], c["step"], masks,
                                main, cons, analysis=c["analysis"], consecutive_analysis=c["consecutive"]))
     result = reduce_run(points, on_progress=on_progress)
     result["run"] = {"id": rid, **(request.get("run_source") or {}), "revisions": request.get("revisions"),

@@ -44,6 +44,14 @@ class Submission(BaseModel):
     api_url: str
 
 
+class GroupsProgress(BaseModel):
+    """A fanned-out analysis's tensor groups (README, "Many workers")."""
+
+    total: int
+    done: int
+    running: int
+
+
 class Progress(BaseModel):
     tensors_done: int = 0
     tensors_total: int = 0
@@ -52,6 +60,7 @@ class Progress(BaseModel):
     bytes_per_s: float | None = None
     eta_s: float | None = None
     current: str | None = None
+    groups: GroupsProgress | None = None  # only when the analysis is fanned out over workers
 
 
 class ErrorInfo(BaseModel):

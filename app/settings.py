@@ -149,10 +149,32 @@ class Settings(BaseSettings):
                     "refused with 422 `too_large` before any weight byte is read; e.g. 40GB, 64GiB. Unset: no limit.",
     )
 
-    @field_validator("max_bytes", mode="before")
+    # --- one analysis over many workers --------------------------------------------------
+    fanout_bytes: int | None = Field(
+        default=4 << 30,
+        description="An analysis whose pair (base + tuned weight bytes) is larger than this is split into tensor "
+                    "groups of about `SUBNETSCOPE_FANOUT_GROUP_BYTES`, one RQ job each, that any worker on the same "
+                    "Redis takes, then merged by a reduce job; e.g. 4GiB (the default), 500MB. 0: never.",
+    )
+    fanout_group_bytes: int = Field(
+        default=2 << 30,
+        description="Bytes of a fan-out group (the split is by compared tensor bytes, whole tensors, at most 256 "
+                    "groups); smaller groups balance better over many workers, each costs a job and a reopening "
+                    "of both checkpoints' headers; e.g. 2GiB (the default).",
+    )
+
+    @field_validator("max_bytes", "fanout_bytes", mode="before")
     @classmethod
     def _size(cls, value):
         return parse_bytes(value)
+
+    @field_validator("fanout_group_bytes", mode="before")
+    @classmethod
+    def _group_size(cls, value):
+        size = parse_bytes(value)
+        if size is None:
+            raise ValueError("a fan-out group must be more than 0 bytes")
+        return size
 
     @property
     def checkpoints_root(self) -> Path:

@@ -3,7 +3,8 @@
 The janitor announces this worker (the health endpoint counts live workers from
 these expiring keys, which vanish within seconds of a SIGKILL, unlike RQ's own
 registrations) and puts back on the queue any analysis whose run stopped
-heartbeating, so work cut short by a dead worker resumes on a live one.
+heartbeating, so work cut short by a dead worker resumes on a live one; for an
+analysis fanned out over workers (app/fanout.py), only the groups whose run died.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import redis
 from rq import Queue, SpawnWorker, Worker
 from rq.exceptions import StopRequested
 
+from app.fanout import sweep as sweep_fanouts
 from app.jobs import enqueue_analysis
 from app.runs import sweep as sweep_training_runs
 from app.settings import Settings
@@ -73,6 +75,7 @@ class Janitor(threading.Thread):
             if self.store.requeue(aid):
                 log.warning("analysis %s lost its worker; queued again to resume", aid)
                 enqueue_analysis(self.store.r, self.settings, aid)
+        sweep_fanouts(self.store, self.settings)  # fanned-out analyses: dead groups, lost reduces
         sweep_training_runs(self.store, self.settings)
 
     def stop(self) -> None:

@@ -27,6 +27,11 @@ a test may set a fraction of a second) a url answers 403 with S3's `AccessDenied
 /resolve can be rate limited as the Hub does: `throttle_resolves(n, retry_after=1)`
 answers the next n /resolve calls 429 with `Retry-After: 1`.
 
+`bandwidth` (bytes per second, None: as fast as loopback goes) caps every connection on its
+own, as a link from one client to a CDN edge is capped: response bodies are written in
+small chunks, each sent no earlier than the cap allows since the response began. N
+connections (one client's parallel range requests, or N workers) get N times the cap.
+
 `hang()` makes both listeners accept connections and read requests but never answer (a
 Hub that hangs, the worst case for a client: no error, only its own timeouts); `held`
 counts the requests held so far, and `unhang()` (or `stop()`) lets them go, closing
@@ -129,6 +134,7 @@ class HubServer:
         lfs_redirect: bool = True,
         url_lifetime: float = 3600.0,
         cdn_delay: float = 0.0,
+        bandwidth: float | None = None,
     ):
         self.root = Path(root)
         self.gated = {k: set(v) for k, v in (gated or {}).items()}
@@ -137,6 +143,7 @@ class HubServer:
         self.tags: dict[str, set[str]] = {}  # repo id -> refs (`org/name@rev` dirs) listed as tags, not branches
         self.url_lifetime = url_lifetime  # seconds a presigned CDN url stays valid (may be changed live)
         self.cdn_delay = cdn_delay  # seconds each CDN answer waits (a slow link: a run outlives a url)
+        self.bandwidth = bandwidth  # bytes/s per connection for response bodies (may be changed live)
         self._key = os.urandom(16)  # signs CDN urls
         self._throttle: list[tuple[re.Pattern, int]] = []  # (path pattern, Retry-After) for the next /resolve calls
         self.requests: list[Served] = []
@@ -611,8 +618,25 @@ class _Handler(BaseHTTPRequestHandler):
             ))
         self.end_headers()
         if sent:
-            self.wfile.write(body)
+            self._write_body(body)
         self.wfile.flush()
+
+    def _write_body(self, body: bytes) -> None:
+        rate = self.hub.bandwidth
+        if not rate:
+            self.wfile.write(body)
+            return
+        # Paced: chunk i goes out no earlier than (bytes before it) / rate after the first, so the
+        # connection averages `rate` whatever the client reads ahead; ~50 chunks a second.
+        self.wfile.flush()
+        chunk = max(4096, int(rate / 50))
+        view = memoryview(body)
+        began = time.monotonic()
+        for offset in range(0, len(body), chunk):
+            wait = began + offset / rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self.wfile.write(view[offset:offset + chunk])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -623,6 +647,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gated", action="append", default=[], metavar="REPO=TOKEN")
     parser.add_argument("--private", action="append", default=[], metavar="REPO=TOKEN")
     parser.add_argument("--url-lifetime", type=float, default=3600.0, help="seconds a presigned CDN url is valid")
+    parser.add_argument("--bandwidth", type=float, default=None, help="bytes/s per connection (default: no cap)")
     args = parser.parse_args(argv)
 
     def access(items: list[str]) -> dict[str, set[str]]:
@@ -633,7 +658,7 @@ def main(argv: list[str] | None = None) -> None:
         return out
 
     server = HubServer(args.root, gated=access(args.gated), private=access(args.private), host=args.host, port=args.port,
-                       url_lifetime=args.url_lifetime)
+                       url_lifetime=args.url_lifetime, bandwidth=args.bandwidth)
     server.start()
     print(server.url, flush=True)
     try:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from app import reads, views
+from app.artifacts import artifact_store
 from app.api.deps import get_app_settings, get_store
 from app.jobs import Refused, retry_analysis, submit_analysis, valid_id
 from app.resolving import names_hub
@@ -118,14 +119,7 @@ async def tensors(analysis_id: str, request: Request, format: str = Query("json"
     200: {"content": {"application/octet-stream": {}}, "description": "masks.safetensors (packed bits)"}})
 def masks(analysis_id: str, store: Store = Depends(get_store), settings: Settings = Depends(get_app_settings)):
     """Masks of changed elements at the analysis tolerance, as safetensors (see docs/CONTRACTS.md)."""
-    raw = _raw_or_404(store, analysis_id)
-    if raw["status"] != "done":
-        raise Refused(409, "not_done", f"Analysis {analysis_id} is {raw['status']}; masks exist once it is done.")
-    path = Path(settings.artifacts_dir) / analysis_id / "masks.safetensors"
-    if not path.is_file():
-        raise Refused(404, "masks_missing", f"The mask file of analysis {analysis_id} is gone from the artifacts "
-                                            "directory; retry the analysis to write it again.")
-    return FileResponse(path, media_type="application/octet-stream",
+    return FileResponse(_masks_path(store, settings, analysis_id), media_type="application/octet-stream",
                         filename=f"subnetscope-{analysis_id}-masks.safetensors")
 
 
@@ -150,8 +144,8 @@ def _masks_path(store: Store, settings: Settings, analysis_id: str) -> Path:
     raw = _raw_or_404(store, analysis_id)
     if raw["status"] != "done":
         raise Refused(409, "not_done", f"Analysis {analysis_id} is {raw['status']}; masks exist once it is done.")
-    path = Path(settings.artifacts_dir) / analysis_id / "masks.safetensors"
-    if not path.is_file():
+    path = artifact_store(settings).masks_path(analysis_id)
+    if path is None:
         raise Refused(404, "masks_missing", f"The mask file of analysis {analysis_id} is gone from the artifacts "
                                             "directory; retry the analysis to write it again.")
     return path

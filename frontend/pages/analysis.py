@@ -160,6 +160,9 @@ def progress_text(analysis: dict) -> list:
         bits.append(f" · {N.fmt_bytes(p['bytes_per_s'])}/s")
     if p.get("eta_s") is not None:
         bits.append(f" · ETA {N.fmt_seconds(p['eta_s'])}")
+    groups = p.get("groups")
+    if groups:  # fanned out over the workers (README, "Many workers")
+        bits.append(f" · groups: {groups['done']} of {groups['total']} done, {groups['running']} running")
     if p.get("current"):
         bits += [" · ", html.Code(p["current"])]
     return bits

@@ -19,12 +19,20 @@ TIMING_FIELDS = {"seconds", "bytes_read", "device"}
 
 
 def root_conftest():
-    """tests/conftest.py as a module (`import conftest` may find another directory's conftest)."""
+    """tests/conftest.py as a module (`import conftest` may find another directory's conftest, and
+    pytest's `conftest` entry in sys.modules is replaced when tests/engine/conftest.py is collected too)."""
+    import importlib.util
+
     path = Path(__file__).resolve().parents[1] / "conftest.py"
     for module in list(sys.modules.values()):
         if getattr(module, "__file__", None) and Path(module.__file__).resolve() == path:
             return module
-    raise RuntimeError("tests/conftest.py is not loaded; run through pytest")
+    name = "subnetscope_tests_root_conftest"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
 
 
 def submit(client: httpx.Client, base: str, tuned: str, **fields) -> httpx.Response:

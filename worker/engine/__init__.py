@@ -1,7 +1,17 @@
 """The diff engine: plain Python + torch. Imports nothing of Redis, HTTP or Dash."""
 
 from worker.engine.adapter import LoraMergedSource
-from worker.engine.analysis import ENGINE_VERSION, AnalysisOptions, Progress, analyze
+from worker.engine.analysis import (
+    ENGINE_VERSION,
+    AnalysisOptions,
+    PartResult,
+    Plan,
+    Progress,
+    analyze,
+    analyze_part,
+    finish,
+    plan_analysis,
+)
 from worker.engine.demo import write_demo
 from worker.engine.errors import EngineError
 from worker.engine.kernel import CURVE_TOLERANCES, EXACT_TOLERANCES, tolerance_key
@@ -18,17 +28,22 @@ __all__ = [
     "AnalysisOptions",
     "EngineError",
     "LoraMergedSource",
+    "PartResult",
     "Piece",
+    "Plan",
     "Progress",
     "Source",
     "SourceSpec",
     "analyze",
+    "analyze_part",
     "check_compatible",
+    "finish",
     "load_masks",
     "open_pair",
     "open_source",
     "overlap",
     "parse_source",
+    "plan_analysis",
     "tolerance_key",
     "write_demo",
 ]

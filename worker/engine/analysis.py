@@ -11,7 +11,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +25,7 @@ from worker.engine import masks as mask_files
 from worker.engine.errors import EngineError
 from worker.engine.kernel import CURVE_TOLERANCES, EXACT_TOLERANCES, ULP_BUCKETS, Kernel, tolerance_key
 from worker.engine.naming import layer_order, locate, name_order
-from worker.engine.pairing import Pair, check_compatible, pair_tensors
+from worker.engine.pairing import Pair, Pairing, check_compatible, pair_tensors
 from worker.engine.reference import reference_for
 from worker.engine.sources import Piece, Source
 
@@ -205,6 +205,43 @@ def plan_pieces(pair: Pair) -> list[Piece]:
     return [Piece(pair.name, s, min(s + step, n)) for s in range(0, n, step)]
 
 
+@dataclass
+class Plan:
+    """What the pass over any part of a pair and the result both need: the pairing (with its
+    warnings) and the layers whose matrices get a rank or geometry in "sampled" mode."""
+
+    pairing: Pairing
+    sampled: set[tuple[str, int]]
+
+
+def plan_analysis(base: Source, tuned: Source, options: AnalysisOptions) -> Plan:
+    """Check and pair two opened sources (headers only, no weight byte): the same plan for every part."""
+    check_compatible(base, tuned)
+    pairing = pair_tensors(base, tuned)
+    sampled = rank_layers(pairing.pairs)
+    too_big = [p.name for p in pairing.pairs
+               if _wants_rank(p, options.geometry, sampled) and not _wants_geometry(p, options.geometry, sampled)]
+    if too_big:
+        pairing.warnings.append(
+            f"Geometry was not computed for {len(too_big)} matrices above {geo.MAX_ELEMENTS:,} elements "
+            f"(e.g. {too_big[0]}): their full float64 SVDs would not fit in a worker's memory.")
+    return Plan(pairing, sampled)
+
+
+def pair_bytes(pair: Pair) -> int:
+    """Compared bytes of a pair (both sides): what progress and fan-out groups count."""
+    return pair.numel * (pair.base.itemsize + pair.tuned.itemsize)
+
+
+@dataclass
+class PartResult:
+    """One pass over some tensors of a pair (analyze_part)."""
+
+    records: dict[str, dict]  # tensor name -> record: every tensor of the part, resumed ones included
+    bytes_read: int  # weight bytes this pass read
+    seconds: float
+
+
 def analyze(
     base: Source,
     tuned: Source,
@@ -215,19 +252,44 @@ def analyze(
     on_tensor: Callable[[dict], None] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> dict:
+    """The whole pair in one pass: analyze_part over every tensor, then finish."""
+    started = time.perf_counter()
+    plan = plan_analysis(base, tuned, options)
+    part = analyze_part(base, tuned, options, plan=plan, masks_dir=masks_dir, resume=resume,
+                        on_tensor=on_tensor, on_progress=on_progress)
+    return finish(base, tuned, options, part.records, plan=plan, masks_dir=masks_dir,
+                  bytes_read=part.bytes_read, seconds=time.perf_counter() - started)
+
+
+def analyze_part(
+    base: Source,
+    tuned: Source,
+    options: AnalysisOptions,
+    *,
+    only: Collection[str] | None = None,
+    plan: Plan | None = None,
+    masks_dir: Path | None = None,
+    resume: Mapping[str, dict] | None = None,
+    on_tensor: Callable[[dict], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> PartResult:
+    """The pass over the tensors named in `only` (all when None): records, and mask parts under
+    masks_dir/parts. Progress counts this part's tensors and bytes only. Any split of a pair into
+    parts gives, record for record and part file for part file, what one pass over it gives."""
     started = time.perf_counter()
     read_before = bytes_read(base, tuned)
-    check_compatible(base, tuned)
-    pairing = pair_tensors(base, tuned)
+    plan = plan or plan_analysis(base, tuned, options)
+    pairing, sampled = plan.pairing, plan.sampled
+    pairs = pairing.pairs
+    if only is not None:
+        wanted = set(only)
+        pairs = [p for p in pairing.pairs if p.name in wanted]
+        if len(pairs) != len(wanted):
+            unknown = sorted(wanted - {p.name for p in pairs})
+            raise EngineError("internal", f"{len(unknown)} tensors of this part are not compared tensors of the "
+                                          f"pair (e.g. {unknown[0]}); the plan does not match the checkpoints.")
     device = pick_device(options.device)
     kernel = Kernel(list(EXACT_TOLERANCES), options.tolerance, device)
-    sampled = rank_layers(pairing.pairs)
-    too_big = [p.name for p in pairing.pairs
-               if _wants_rank(p, options.geometry, sampled) and not _wants_geometry(p, options.geometry, sampled)]
-    if too_big:
-        pairing.warnings.append(
-            f"Geometry was not computed for {len(too_big)} matrices above {geo.MAX_ELEMENTS:,} elements "
-            f"(e.g. {too_big[0]}): their full float64 SVDs would not fit in a worker's memory.")
     resume = dict(resume or {})
     parts = masks_dir / "parts" if masks_dir else None
     kernel.keep_masks = parts is not None  # without mask files, pieces carry only the count
@@ -237,11 +299,10 @@ def analyze(
             return False
         return parts is None or mask_files.part_is_complete(parts, p.name, p.numel)
 
-    todo = [p for p in pairing.pairs if not reusable(p)]
-    records: dict[str, dict] = {p.name: resume[p.name] for p in pairing.pairs if reusable(p)}
-    pair_bytes = lambda p: p.numel * (p.base.itemsize + p.tuned.itemsize)  # noqa: E731
-    progress = Progress(len(records), len(pairing.pairs), sum(pair_bytes(p) for p in pairing.pairs if p.name in records),
-                        sum(pair_bytes(p) for p in pairing.pairs), None)
+    todo = [p for p in pairs if not reusable(p)]
+    records: dict[str, dict] = {p.name: resume[p.name] for p in pairs if reusable(p)}
+    progress = Progress(len(records), len(pairs), sum(pair_bytes(p) for p in pairs if p.name in records),
+                        sum(pair_bytes(p) for p in pairs), None)
     resumed_bytes = progress.bytes_done
     if on_progress:
         on_progress(progress)
@@ -322,18 +383,31 @@ def analyze(
             fold(done_piece, future.result())
         svds.drain()
 
-    # Tensors are read in file order but reported in name order, so the result (and every
-    # float summed over it) does not depend on how the checkpoint was sharded.
-    ordered = [records[name] for name in sorted(records, key=name_order)]
-    result = build_result(base, tuned, options, ordered, pairing.unmatched, pairing.warnings)
     # Bytes this run actually read (a resumed run skips finished tensors): the sources' own
     # counters when they keep them, else the compared bytes this run measured.
     read_after = bytes_read(base, tuned)
     read = read_after - read_before if read_before is not None and read_after is not None else (
         progress.bytes_done - resumed_bytes)
-    result["summary"].update(
-        bytes_read=read, seconds=round(time.perf_counter() - started, 3), device=device.type
-    )
+    return PartResult(records, read, time.perf_counter() - started)
+
+
+def finish(base: Source, tuned: Source, options: AnalysisOptions, records: Mapping[str, dict], *,
+           plan: Plan | None = None, masks_dir: Path | None = None, bytes_read: int = 0,
+           seconds: float = 0.0) -> dict:
+    """The result from the records of every compared tensor (one pass's, or the union of any parts'),
+    and masks_dir/masks.safetensors from their mask parts. `bytes_read` and `seconds` go to the
+    summary as given (the sum over the parts' runs, the wall time of the whole)."""
+    plan = plan or plan_analysis(base, tuned, options)
+    pairing = plan.pairing
+    missing = [p.name for p in pairing.pairs if p.name not in records]
+    if missing:
+        raise EngineError("internal", f"{len(missing)} compared tensors have no record (e.g. {missing[0]}).")
+    # Tensors are read in file order but reported in name order, so the result (and every
+    # float summed over it) does not depend on how the checkpoint was sharded or split.
+    ordered = [records[name] for name in sorted((p.name for p in pairing.pairs), key=name_order)]
+    result = build_result(base, tuned, options, ordered, pairing.unmatched, pairing.warnings)
+    result["summary"].update(bytes_read=bytes_read, seconds=round(seconds, 3),
+                             device=pick_device(options.device).type)
     if masks_dir is not None:
         mask_files.assemble(
             masks_dir,

@@ -218,32 +218,47 @@ class HubSource(Source):
         return bytes_to_tensor(data, info, piece.start, piece.stop)
 
     def iter_pieces(self, pieces: Sequence[Piece]) -> Iterator[tuple[Piece, torch.Tensor]]:
-        """The pieces in order, fetched ahead by up to `concurrency` requests within the prefetch budget."""
+        """The pieces in order, fetched ahead by up to `concurrency` requests within the prefetch budget.
+
+        The first requests go out when this is called, not at the first next(): a caller reading
+        two sources in lockstep (base and tuned) has both sources' requests in flight from the start,
+        instead of the second source's waiting for the first one's first answer.
+        """
         if self._local is not None:
-            yield from self._local.iter_pieces(pieces)
-            return
+            return self._local.iter_pieces(pieces)
         runs = self._coalesce(pieces)
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"hub-{self.spec.id}")
         pending: deque = deque()  # (run, future), in order
-        held = 0  # bytes requested and not yet consumed
-        following = 0
+        state = {"held": 0, "following": 0}  # bytes requested and not yet consumed; next run to request
+
+        def fill() -> None:
+            while state["following"] < len(runs) and len(pending) < 2 * self.concurrency and (
+                not pending or state["held"] + runs[state["following"]].nbytes <= self.prefetch_bytes
+            ):
+                run = runs[state["following"]]
+                pending.append((run, pool.submit(self._fetch, run.file, run.begin, run.end, weights=True)
+                                if run.nbytes else None))
+                state["held"] += run.nbytes
+                state["following"] += 1
+
         try:
-            while pending or following < len(runs):
-                while following < len(runs) and len(pending) < 2 * self.concurrency and (
-                    not pending or held + runs[following].nbytes <= self.prefetch_bytes
-                ):
-                    run = runs[following]
-                    pending.append((run, pool.submit(self._fetch, run.file, run.begin, run.end, weights=True)
-                                    if run.nbytes else None))
-                    held += run.nbytes
-                    following += 1
+            fill()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        return self._drain(runs, pool, pending, state, fill)
+
+    def _drain(self, runs, pool, pending: deque, state: dict, fill) -> Iterator[tuple[Piece, torch.Tensor]]:
+        try:
+            while pending or state["following"] < len(runs):
+                fill()
                 run, future = pending.popleft()
                 data = memoryview(future.result()[0]) if future is not None else memoryview(b"")
                 for piece, (a, b) in zip(run.pieces, run.slices):
                     info = self.tensors[piece.name]
                     yield piece, bytes_to_tensor(data[a:b], info, piece.start, piece.stop)
                     self.release(piece)
-                held -= run.nbytes
+                state["held"] -= run.nbytes
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
