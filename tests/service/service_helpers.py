@@ -39,19 +39,25 @@ def submit(client: httpx.Client, base: str, tuned: str, **fields) -> httpx.Respo
     return client.post("/api/analyses", json={"base": base, "tuned": tuned, **fields})
 
 
-def wait_status(client: httpx.Client, analysis_id: str, statuses=("done", "failed"), timeout: float = 120.0,
-                interval: float = 0.05) -> dict:
+def wait_for(client: httpx.Client, path: str, statuses=("done", "failed"), timeout: float = 120.0,
+             interval: float = 0.05) -> dict:
+    """Poll GET `path` (an analysis, overlap or training run) until its status is one of `statuses`."""
     deadline = time.monotonic() + timeout
     body: dict = {}
     while time.monotonic() < deadline:
-        r = client.get(f"/api/analyses/{analysis_id}")
+        r = client.get(path)
         assert r.status_code == 200, r.text
         body = r.json()
         if body["status"] in statuses:
             return body
         time.sleep(interval)
-    raise AssertionError(f"{analysis_id} not {statuses} after {timeout}s: {body.get('status')} "
+    raise AssertionError(f"{path} not {statuses} after {timeout}s: {body.get('status')} "
                          f"{body.get('progress')} {body.get('error')}")
+
+
+def wait_status(client: httpx.Client, analysis_id: str, statuses=("done", "failed"), timeout: float = 120.0,
+                interval: float = 0.05) -> dict:
+    return wait_for(client, f"/api/analyses/{analysis_id}", statuses, timeout, interval)
 
 
 def done(client: httpx.Client, base: str, tuned: str, **fields) -> dict:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from run_checkpoints import base_state, reference, save, train_step, write_run
-from service_helpers import wait_idle
+from service_helpers import wait_for, wait_idle
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -21,17 +21,7 @@ T = 1e-5
 
 
 def wait_run(client, rid: str, statuses=("done", "failed"), timeout: float = 300.0) -> dict:
-    deadline = time.monotonic() + timeout
-    body: dict = {}
-    while time.monotonic() < deadline:
-        r = client.get(f"/api/runs/{rid}")
-        assert r.status_code == 200, r.text
-        body = r.json()
-        if body["status"] in statuses:
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"run {rid} not {statuses} after {timeout}s: {body.get('status')} {body.get('progress')} "
-                         f"{body.get('error')}")
+    return wait_for(client, f"/api/runs/{rid}", statuses, timeout, interval=0.1)
 
 
 @pytest.fixture(scope="module")
