@@ -119,10 +119,10 @@ def start_service(data_dir: Path, port: int, env_extra: dict[str, str], log_path
                 "SUBNETSCOPE_DEMO_TRAINING": "off", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **env_extra})
     if repo is not None:  # another version's code, with this virtualenv's packages
         env["PYTHONPATH"] = str(repo)
-        cmd, cwd = [sys.executable, "-m", "app.cli", "serve"], repo
+        cmd, cwd = [sys.executable, "-m", "app.cli.main", "serve"], repo
     else:
         script = Path(sys.executable).parent / "subnetscope"
-        cmd = [str(script), "serve"] if script.exists() else [sys.executable, "-m", "app.cli", "serve"]
+        cmd = [str(script), "serve"] if script.exists() else [sys.executable, "-m", "app.cli.main", "serve"]
         cwd = ROOT
     with open(log_path, "ab") as log:
         return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
@@ -199,7 +199,7 @@ def main() -> None:
         return client_main(args)
 
     sys.path.insert(0, str(ROOT))
-    from app.settings import cores
+    from app.core.settings import cores
 
     env = {}
     if args.web_workers:

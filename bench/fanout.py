@@ -50,7 +50,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 def cli(*args: str) -> list[str]:
     script = VENV_BIN / "subnetscope"
-    return [str(script), *args] if script.exists() else [sys.executable, "-m", "app.cli", *args]
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "app.cli.main", *args]
 
 
 def compared_bytes(directory: Path) -> int:
@@ -94,7 +94,7 @@ class Service:
     """redis-server + web + N workers on a fresh data directory, all real processes."""
 
     def __init__(self, root: Path, workers: int, env_extra: dict[str, str]):
-        from app.embedded import RedisServer, free_port
+        from app.cli.embedded import RedisServer, free_port
 
         self.root = root
         self.logs = root / "logs"
@@ -156,7 +156,7 @@ class Service:
         return sum(tree_cpu(pid) for pid in pids)
 
     def stop(self) -> None:
-        from app.embedded import kill_tree
+        from app.cli.embedded import kill_tree
 
         for p in self.workers + ([self.web] if self.web else []):
             if p.poll() is None:

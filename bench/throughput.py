@@ -185,7 +185,7 @@ def ours_cmd(base: Path, tuned: Path, out_json: Path, extra: tuple = ()) -> list
     exe = Path(sys.executable).with_name("subnetscope")
     if exe.exists():
         return [exe, "analyze", base, tuned, "--json", out_json, "--quiet", *extra]
-    return [sys.executable, "-m", "app.cli", "analyze", base, tuned, "--json", out_json, "--quiet", *extra]
+    return [sys.executable, "-m", "app.cli.main", "analyze", base, tuned, "--json", out_json, "--quiet", *extra]
 
 
 def cuda_available() -> tuple[bool, str]:

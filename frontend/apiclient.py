@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 
-
 # Set by this module's transport only: an outside request cannot claim another client's address.
 CLIENT_HEADER = b"x-subnetscope-browser"
 

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import redis as redis_lib
 
-from app.embedded import RedisServer, free_port, kill_tree, stop_worker
+from app.cli.embedded import RedisServer, free_port, kill_tree, stop_worker
 
 VENV_BIN = Path(sys.executable).parent
 ANALYSIS_TIMEOUT_S = 120.0
@@ -31,7 +31,7 @@ ANALYSIS_TIMEOUT_S = 120.0
 
 def _cli(*args: str) -> list[str]:
     script = VENV_BIN / "subnetscope"
-    return [str(script), *args] if script.exists() else [sys.executable, "-m", "app.cli", *args]
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "app.cli.main", *args]
 
 
 @dataclass

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from worker.engine.kernel import EXACT_TOLERANCES, tolerance_key
-from worker.engine.naming import locate
+from worker.engine.kernel.accumulator import EXACT_TOLERANCES, tolerance_key
+from worker.engine.pairing.location import locate
 
 CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 32,
           "tie_word_embeddings": False}

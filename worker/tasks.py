@@ -1,12 +1,12 @@
 """RQ task functions: run the engine and keep Redis informed as it goes.
 
 A job carries only an analysis id. The request, the pinned sources and the
-finished tensor records live in the product's Redis keys (app.store), so a run that
+finished tensor records live in the product's Redis keys (app.core.store), so a run that
 dies (worker killed, transient Hub error, timeout) is picked up by the next run
 from where it stopped: finished tensors are passed to the engine as `resume` and
-their mask parts stay in `<artifacts>/<id>/parts` (app/artifacts.py).
+their mask parts stay in `<artifacts>/<id>/parts` (app/core/artifacts.py).
 
-A pair above SUBNETSCOPE_FANOUT_BYTES is fanned out (app/fanout.py): `run_analysis`
+A pair above SUBNETSCOPE_FANOUT_BYTES is fanned out (worker/fanout.py): `run_analysis`
 splits it and queues one `run_group` job per tensor group, and the last group to finish
 queues `reduce_fanout`, which builds the result and the masks from every group's output.
 """
@@ -26,20 +26,12 @@ import redis
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
-from app import fanout
-from app.artifacts import artifact_store
-from app.settings import get_settings
-from app.store import ALIVE_REFRESH_S, DONE, FAILED, QUEUED, Store, connect, lost_runs_error
-from app.token_seal import unseal
-from worker.engine import (
-    AnalysisOptions,
-    EngineError,
-    SourceSpec,
-    analyze,
-    open_source,
-    overlap,
-    parse_source,
-)
+from app.core.artifacts import artifact_store
+from app.core.settings import get_settings
+from app.core.store import ALIVE_REFRESH_S, DONE, FAILED, QUEUED, Store, connect, lost_runs_error
+from app.core.token_seal import unseal
+from worker import fanout
+from worker.engine import AnalysisOptions, EngineError, SourceSpec, analyze, open_source, overlap, parse_source
 
 log = logging.getLogger(__name__)
 
@@ -168,10 +160,10 @@ def run_analysis(analysis_id: str) -> str:
 
 
 def _training_runs_may_reduce(store: Store, settings, analysis_id: str) -> None:
-    """Training runs waiting for this analysis are reduced once all theirs are done (app/runs.py).
+    """Training runs waiting for this analysis are reduced once all theirs are done (app/core/training_runs.py).
     A failure here never fails the analysis: the janitor's sweep checks the runs again."""
     try:
-        from app.runs import analysis_finished
+        from app.core.training_runs import analysis_finished
 
         analysis_finished(store, settings, analysis_id)
     except Exception:
@@ -247,13 +239,13 @@ def _compute(store: Store, settings, aid: str, request: dict, specs: dict, resum
         return result
 
 
-# --- fan-out (app/fanout.py) -----------------------------------------------------------------
+# --- fan-out (worker/fanout.py) -----------------------------------------------------------------
 
 
 def _dispatch(store: Store, settings, aid: str, request: dict, specs: dict, beat: _Heartbeat) -> None:
     """Split the analysis into tensor groups (once) and queue the groups not done yet."""
     from worker.engine.analysis import pair_bytes, plan_analysis
-    from worker.engine.fanout import group_bytes, group_count, tensor_groups
+    from worker.engine.tensor_groups import group_bytes, group_count, tensor_groups
 
     groups = store.get_groups(aid)
     if groups is None:
@@ -472,8 +464,8 @@ def run_overlap(overlap_id: str) -> str:
 
 
 def run_dynamics(run_id: str) -> str:
-    """Reduce a training run (app/runs.py) from its finished analyses' results and masks."""
-    from app.runs import reduce_points
+    """Reduce a training run (app/core/training_runs.py) from its finished analyses' results and masks."""
+    from worker.training_runs import reduce_points
 
     settings = get_settings()
     job, r = _redis()

@@ -24,7 +24,7 @@ STUDY_PAIRS = (
 )
 DEMO_PAIRS = tuple(("local:demo/base", f"local:demo/{name}", f"demo · {name}")
                    for name in ("sft", "rl_a", "rl_b", "resized"))
-# A small Llama pretrained on addition, then finetuned by SFT and by RL (worker/engine/trained_demo.py);
+# A small Llama pretrained on addition, then finetuned by SFT and by RL (worker/demo/trained.py);
 # `serve` trains it in the background, so its chips appear once GET /api/demo says it is ready.
 TRAINED_PAIRS = (("local:demo/trained/base", "local:demo/trained/sft", "trained · SFT"),
                  ("local:demo/trained/base", "local:demo/trained/rl", "trained · RL"))

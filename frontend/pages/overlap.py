@@ -14,7 +14,7 @@ from .shell import card, notice
 GRAPH_CONFIG = {"displaylogo": False}
 # Demo suggestions: (label, base, finetuned...). A click computes (or reuses) the analyses at
 # t = 1e-5, waits for them, then the overlap. The trained finals (an SFT and an RL run of one
-# pretrained base, worker/engine/trained_demo.py) once GET /api/demo says the family exists.
+# pretrained base, worker/demo/trained.py) once GET /api/demo says the family exists.
 DEMO_SUGGESTIONS = (
     ("demo · rl_a & rl_b", "local:demo/base", ("local:demo/rl_a", "local:demo/rl_b")),
     ("demo · sft & rl_a & rl_b", "local:demo/base", ("local:demo/sft", "local:demo/rl_a", "local:demo/rl_b")),

@@ -7,7 +7,6 @@ under the service's local root and analysed through the real API and worker.
 from __future__ import annotations
 
 import pytest
-
 from test_browser_pages import DONE_TIMEOUT_MS, wait_for_analysis
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from playwright.sync_api import expect
 
-from worker.engine.demo import _config, write_checkpoint
+from worker.demo.synthetic import _config, write_checkpoint
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -9,7 +9,6 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import torch
 from playwright.sync_api import expect
-
 from run_checkpoints import save, train_step
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

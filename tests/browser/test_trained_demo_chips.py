@@ -7,7 +7,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from app import demo_training
+from app.cli import demo_training
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -16,7 +16,7 @@ def test_home_shows_training_progress_then_the_trained_pairs(page, svc, shot):
     demo = svc.local_root / "demo"
     if not demo_training.present(demo):
         # What `serve` writes while it trains (the service under test runs with SUBNETSCOPE_DEMO_TRAINING=off).
-        demo_training._write_status(demo, state="training", percent=40.0, stage="RL", mode="quick")
+        demo_training.write_status(demo, state="training", percent=40.0, stage="RL", mode="quick")
         page.goto("/")
         expect(page.locator("#demo-training")).to_have_text("training the demo: 40 % (RL)", timeout=10_000)
         expect(page.get_by_role("button", name="trained · RL")).to_have_count(0)

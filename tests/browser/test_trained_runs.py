@@ -15,9 +15,9 @@ import time
 import httpx
 import pytest
 from playwright.sync_api import expect
+from test_outage_messages import start_service  # tests/conftest.py's, loaded by path (`conftest` is ambiguous here)
 
 from frontend import numbers as N
-from test_outage_messages import start_service  # tests/conftest.py's, loaded by path (`conftest` is ambiguous here)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 

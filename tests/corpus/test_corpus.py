@@ -253,7 +253,7 @@ def test_layer_groups_are_per_stack(analyses, name):
 
 @pytest.mark.parametrize("name", LORA)
 def test_adapter_read_as_merged_model_is_bit_equal_to_peft_merge(corpus, name):
-    """Waits for worker/engine/adapter.py: an adapter directory opened as a source is W + s * B @ A."""
+    """Waits for worker/engine/checkpoints/lora.py: an adapter directory opened as a source is W + s * B @ A."""
     e = corpus[name]
     with _open(e.adapter_dir) as adapter, _open(e.tuned_dir) as merged:
         assert set(adapter.tensors) == set(merged.tensors)

@@ -11,7 +11,7 @@ def hf_env(tmp_path, monkeypatch):
     from the machine running them, and retries back off in milliseconds."""
     from huggingface_hub import constants
 
-    from worker.engine.hub import HubSource
+    from worker.engine.checkpoints.hub import HubSource
 
     for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(var, raising=False)

@@ -15,9 +15,9 @@ import warnings
 
 import pytest
 import torch
+from hubserver import HubServer  # tests/ is on sys.path (tests/conftest.py's directory)
 from safetensors.torch import load_file, save_file
 
-from hubserver import HubServer  # tests/ is on sys.path (tests/conftest.py's directory)
 from worker.engine import (
     AnalysisOptions,
     EngineError,
@@ -28,7 +28,7 @@ from worker.engine import (
     open_source,
     parse_source,
 )
-from worker.engine.adapter import base_spec_for, parse_adapter_config
+from worker.engine.checkpoints.lora import base_spec_for, parse_adapter_config
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -175,7 +175,7 @@ def test_adapter_sha_changes_with_config_and_base(zoo, tmp_path):
 
 
 def test_base_left_empty_comes_from_the_adapter_config(zoo, tmp_path, capsys):
-    from app.cli import main
+    from app.cli.main import main
 
     c = zoo["cases"]["plain"]
     base, tuned = open_pair(None, parse_source(str(c["adapter"]), allow_any_path=True))
@@ -196,8 +196,8 @@ def test_base_left_empty_comes_from_the_adapter_config(zoo, tmp_path, capsys):
 
 def test_server_rule_for_the_base_an_adapter_names(zoo, tmp_path):
     """A local base named by an adapter's config passes the local-root check like a typed path."""
-    from app.jobs import resolve_sources
-    from app.settings import Settings
+    from app.core.settings import Settings
+    from app.web.submission import resolve_sources
 
     c = zoo["cases"]["plain"]
     settings = parse_adapter_config(json.loads((c["adapter"] / "adapter_config.json").read_text()), "a")

@@ -10,16 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from worker.engine import (
-    AnalysisOptions,
-    EngineError,
-    analyze,
-    load_masks,
-    open_source,
-    overlap,
-    parse_source,
-    write_demo,
-)
+from worker.demo.synthetic import write_demo
+from worker.engine import AnalysisOptions, EngineError, analyze, load_masks, open_source, overlap, parse_source
 
 CLI = [str(Path(sys.executable).with_name("subnetscope"))]
 
@@ -153,7 +145,7 @@ def test_tolerance_must_be_finite_and_non_negative_everywhere(demo, tmp_path):
     # The API body: JSON NaN/Infinity (which the stdlib parser accepts) and negatives are refused by the schema.
     from pydantic import ValidationError
 
-    from app.schemas import AnalysisRequest
+    from app.web.schemas import AnalysisRequest
 
     for text in ("NaN", "Infinity", "-Infinity", "-1e-05"):
         with pytest.raises(ValidationError):

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from worker.engine import cpu_kernel, sources
-from worker.engine.kernel import EXACT_TOLERANCES, Kernel
+from worker.engine.checkpoints import sources
+from worker.engine.kernel import numba_backend as cpu_kernel
+from worker.engine.kernel.accumulator import EXACT_TOLERANCES, Kernel
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn, torch.float8_e5m2]
 

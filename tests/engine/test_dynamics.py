@@ -1,4 +1,4 @@
-"""Training dynamics (worker/engine/runs.py, dynamics.py, `subnetscope dynamics`) against a float64 reference.
+"""Training dynamics (worker/engine/checkpoints/training_run.py, dynamics.py, `subnetscope dynamics`) against a float64 reference.
 
 A 3-checkpoint run in the HF Trainer layout is written with safetensors (plus optimizer and
 scheduler pickles that must never be read); the reference recomputes every number from the
@@ -12,11 +12,11 @@ import math
 
 import pytest
 import torch
-
-from app.cli import main as cli
 from run_checkpoints import CONFIG, base_state, reference, save, write_run
+
+from app.cli.main import main as cli
 from worker.engine import EngineError
-from worker.engine.runs import plan_run, select, step_of
+from worker.engine.checkpoints.training_run import plan_run, select, step_of
 
 pytestmark = pytest.mark.timeout(300)
 

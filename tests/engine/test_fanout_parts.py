@@ -8,14 +8,13 @@ import random
 
 import pytest
 import torch
+from test_kernel_reference import realistic_pair, write
 
 from worker.engine import AnalysisOptions, analyze, open_source, parse_source
 from worker.engine import analysis as analysis_module
 from worker.engine.analysis import analyze_part, finish, pair_bytes, plan_analysis
-from worker.engine.fanout import group_bytes, group_count, tensor_groups
 from worker.engine.masks import MASKS_FILE
-
-from test_kernel_reference import realistic_pair, write
+from worker.engine.tensor_groups import group_bytes, group_count, tensor_groups
 
 TIMING = ("seconds", "bytes_read", "device")
 

@@ -1,4 +1,4 @@
-"""Update geometry (worker/engine/geometry.py) against numpy on constructed cases and end to end."""
+"""Update geometry (worker/engine/kernel/geometry.py) against numpy on constructed cases and end to end."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from worker.engine import AnalysisOptions, EngineError, analyze, open_source, parse_source
-from worker.engine import geometry as G
+from worker.engine.kernel import geometry as G
 
 M, N = 120, 80  # r = 80: k = 1, 4, 8, 16
 

@@ -18,13 +18,13 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from hubserver import HubServer, use_endpoint  # tests/ is on sys.path (tests/conftest.py's directory)
 from huggingface_hub import constants, snapshot_download
 from safetensors.torch import load_file, save_file
 
-from hubserver import HubServer, use_endpoint  # tests/ is on sys.path (tests/conftest.py's directory)
+from worker.demo.synthetic import write_demo
 from worker.engine import AnalysisOptions, EngineError, Piece, SourceSpec, analyze, check_compatible, open_source
-from worker.engine.demo import write_demo
-from worker.engine.hub import HubSource
+from worker.engine.checkpoints.hub import HubSource
 
 pytestmark = pytest.mark.timeout(120)
 

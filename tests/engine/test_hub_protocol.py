@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from hubserver import HubServer, Served  # tests/ is on sys.path (tests/conftest.py's directory)
 from safetensors.torch import save_file
 
-from hubserver import HubServer, Served  # tests/ is on sys.path (tests/conftest.py's directory)
 from worker.engine import AnalysisOptions, EngineError, Piece, SourceSpec, analyze, parse_source
-from worker.engine.hub import HubSource
-from worker.engine.sources import LocalSource
+from worker.engine.checkpoints.hub import HubSource
+from worker.engine.checkpoints.sources import LocalSource
 
 pytestmark = pytest.mark.timeout(120)
 

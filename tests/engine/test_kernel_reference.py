@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from reference import as_compared, changed_mask, compare_dtype, tensor_stats
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from reference import as_compared, changed_mask, compare_dtype, tensor_stats
 from worker.engine import (
     CURVE_TOLERANCES,
     EXACT_TOLERANCES,
@@ -23,7 +23,7 @@ from worker.engine import (
     parse_source,
 )
 from worker.engine import analysis as analysis_module
-from worker.engine.kernel import Kernel
+from worker.engine.kernel.accumulator import Kernel
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn, torch.float8_e5m2]
 
@@ -90,7 +90,7 @@ def assert_matches(record, ref, tolerances):
 def kernel_path(request, monkeypatch):
     """Every test runs on both kernels: the fused CPU loop and the torch ops CUDA uses."""
     if request.param == "torch":
-        monkeypatch.setattr("worker.engine.cpu_kernel.SUPPORTED", frozenset())
+        monkeypatch.setattr("worker.engine.kernel.numba_backend.SUPPORTED", frozenset())
     return request.param
 
 

@@ -1,4 +1,4 @@
-"""Which files hold the weights: one rule (worker/engine/layout.py) for local directories and the Hub.
+"""Which files hold the weights: one rule (worker/engine/checkpoints/layout.py) for local directories and the Hub.
 
 Every case runs twice, on a local directory and on the same files served by the
 loopback Hub (tests/hubserver.py), and must give the same answer.
@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hubserver import HubServer  # tests/ is on sys.path (tests/conftest.py's directory)
 from safetensors.torch import save_file
 
-from hubserver import HubServer  # tests/ is on sys.path (tests/conftest.py's directory)
 from worker.engine import AnalysisOptions, EngineError, SourceSpec, analyze, parse_source
-from worker.engine.hub import HubSource
-from worker.engine.layout import is_variant, select_weights
-from worker.engine.sources import LocalSource
+from worker.engine.checkpoints.hub import HubSource
+from worker.engine.checkpoints.layout import is_variant, select_weights
+from worker.engine.checkpoints.sources import LocalSource
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,7 +41,7 @@ class Place:
         return path
 
     def open(self, name: str, **where):
-        """The plain source (no adapter merging, which worker/engine/open.py adds on top)."""
+        """The plain source (no adapter merging, which worker/engine/checkpoints/open.py adds on top)."""
         if self.kind == "local":
             return LocalSource(parse_source(str(self.repos / "org" / name), allow_any_path=True, **where))
         return HubSource(SourceSpec("hub", f"org/{name}", None, display=f"org/{name}", **where))
@@ -330,7 +330,7 @@ def test_variants(name, variant):
 
 
 def test_cli_subfolder_and_file_options(tmp_path, capsys):
-    from app.cli import main
+    from app.cli.main import main
 
     for name, tensors in (("a", state()), ("b", tuned_state())):
         root = tmp_path / name
@@ -352,8 +352,8 @@ def test_cli_subfolder_and_file_options(tmp_path, capsys):
 
 
 def test_api_fields_and_analysis_id():
-    from app.jobs import analysis_id
-    from app.schemas import AnalysisRequest
+    from app.web.schemas import AnalysisRequest
+    from app.web.submission import analysis_id
 
     body = AnalysisRequest(base="org/sd", tuned="org/sd-ft", base_subfolder="unet", tuned_subfolder="unet",
                            base_file="diffusion_pytorch_model.safetensors", tuned_file=None)
@@ -371,14 +371,14 @@ def test_the_sources_modules_depend_one_way():
     """sources <- hub <- open: sources imports neither hub nor open, hub does not import open."""
     import ast
 
-    import worker.engine.hub as hub_module
-    import worker.engine.sources as sources_module
+    import worker.engine.checkpoints.hub as hub_module
+    import worker.engine.checkpoints.sources as sources_module
 
     def imported(module) -> set[str]:
         tree = ast.parse(Path(module.__file__).read_text())
         return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
             a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
 
-    assert not imported(sources_module) & {"worker.engine.hub", "worker.engine.open"}
-    assert "worker.engine.open" not in imported(hub_module)
-    assert "worker.engine.sources" in imported(hub_module)
+    assert not imported(sources_module) & {"worker.engine.checkpoints.hub", "worker.engine.checkpoints.open"}
+    assert "worker.engine.checkpoints.open" not in imported(hub_module)
+    assert "worker.engine.checkpoints.sources" in imported(hub_module)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from worker.engine.naming import Location, locate
-from worker.engine.names import match_names, ties_embeddings
+from worker.engine.pairing.location import Location, locate
+from worker.engine.pairing.names import match_names, ties_embeddings
 
 
 @pytest.mark.parametrize("name, where", [
@@ -92,9 +92,9 @@ def test_t5_stacks_share_one_embedding():
 
 
 def test_analysis_of_a_bare_base_reads_each_side_by_its_own_name(tmp_path, monkeypatch):
+    from reference import tensor_stats
     from test_kernel_reference import realistic_pair, run
 
-    from reference import tensor_stats
     from worker.engine import analysis as analysis_module
 
     monkeypatch.setattr(analysis_module, "PIECE_ELEMENTS", 300)

@@ -12,7 +12,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from worker.engine import EngineError, Piece, open_source, parse_source
-from worker.engine.safetensors_format import MAX_HEADER_BYTES, header_length
+from worker.engine.checkpoints.safetensors_format import MAX_HEADER_BYTES, header_length
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
 from checkpoint_files import broken_files, tiny_good_state, write_broken, write_checkpoint  # noqa: E402

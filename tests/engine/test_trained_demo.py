@@ -12,8 +12,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from worker.engine import AnalysisOptions, analyze, open_source, parse_source, write_demo
-from worker.engine import trained_demo as T
+from worker.demo import trained as T
+from worker.demo.synthetic import write_demo
+from worker.engine import AnalysisOptions, analyze, open_source, parse_source
 
 CFG = T.QUICK
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from worker.engine import AnalysisOptions, analyze, open_source, overlap, parse_source, write_demo
+from worker.demo.synthetic import write_demo
+from worker.engine import AnalysisOptions, analyze, open_source, overlap, parse_source
 
 
 @pytest.fixture(scope="session")

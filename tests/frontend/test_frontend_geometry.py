@@ -9,7 +9,6 @@ from frontend.pages import compare, tensor
 from worker.engine.masks import density, load_masks
 
 
-
 def _stacked(records: list[dict], stacks: tuple[str, str]) -> list[dict]:
     """The same records twice, once per stack (an encoder and a decoder of equal shape)."""
     return [{**rec, "stack": stack, "name": rec["name"].replace("model.layers", stack)}

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from run_checkpoints import write_run
 
-from app.cli import main as cli
+from app.cli.main import main as cli
 from frontend import run_figures as RF
 from frontend.pages import run as page
-from run_checkpoints import write_run
 
 
 @pytest.fixture(scope="module")

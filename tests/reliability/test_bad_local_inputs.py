@@ -10,7 +10,6 @@ import pickle
 
 import pytest
 import torch
-
 from api import outcome, submit, wait_for
 from checkpoint_files import (
     broken_files,

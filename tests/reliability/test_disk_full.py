@@ -10,7 +10,6 @@ the machine is affected.
 from __future__ import annotations
 
 import pytest
-
 from api import get, submit, wait_for
 from checkpoint_files import write_big_pair
 from services import start_worker_with_small_disk, tmpfs_mount_works

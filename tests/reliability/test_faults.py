@@ -12,10 +12,9 @@ import signal
 import time
 
 import pytest
-from rq import Queue
-
 from api import get, submit, wait_for
 from checkpoint_files import write_big_pair
+from rq import Queue
 from services import run_holder, wait_until, worker_is_present
 
 pytestmark = pytest.mark.timeout(300)
@@ -178,7 +177,7 @@ def test_finished_analysis_is_never_reflagged(svc, big_pair):
 
 def test_analysis_whose_worker_keeps_dying_ends_failed_with_a_clear_reason(svc, big_pair):
     """A run killed every time (a checkpoint that brings the OOM killer) is failed after a bound, not looped."""
-    from app.store import MAX_LOST_RUNS
+    from app.core.store import MAX_LOST_RUNS
 
     aid = start_big(svc, big_pair, 1.5e-5)
     killed: list[int] = []

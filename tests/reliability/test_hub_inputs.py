@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-
 from api import outcome, submit, wait_for
 from hub_service import BASE, GATED, TUNED, hub_and_service
 

@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-
 from api import get, wait_for
 from checkpoint_files import write_big_pair
 from services import wait_until

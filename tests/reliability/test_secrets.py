@@ -8,7 +8,6 @@ revision and read headers) and the worker (to read the weights).
 from __future__ import annotations
 
 import pytest
-
 from api import submit, wait_for
 from hub_service import BASE, GATED, GATED_REVOCABLE, TOKEN, TOKEN_REVOCABLE, hub_and_service
 from redis_scan import redis_contents, secret_holders

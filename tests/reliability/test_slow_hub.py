@@ -2,7 +2,7 @@
 
 The service points at a loopback Hub (tests/hubserver.py) that can be made to accept
 connections and never answer. Submissions naming its repos are resolved in a pool of
-their own with a time budget (app/resolving.py), so readers of a finished analysis keep
+their own with a time budget (app/web/resolving.py), so readers of a finished analysis keep
 the latency they have on an idle service. Latencies are printed; the one assertion on
 them is a ratio measured in the same test, with a floor for a loaded CI machine.
 """
@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-
 from api import submit, wait_for
 from hub_service import BASE, GATED, TOKEN, TUNED, write_repos
 from hubserver import HubServer

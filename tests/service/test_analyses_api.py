@@ -6,7 +6,6 @@ import json
 import time
 
 import pytest
-
 from service_helpers import (
     assert_same_numbers,
     cli_result,

@@ -6,7 +6,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-
 from service_helpers import submit, wait_idle, wait_status
 
 pytestmark = pytest.mark.timeout(300)

@@ -15,12 +15,12 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-
-from app import demo_training
-from app.embedded import free_port
-from frontend.pages import home
 from service_helpers import VENV_BIN
-from worker.engine import trained_demo as T
+
+from app.cli import demo_training
+from app.cli.embedded import free_port
+from frontend.pages import home
+from worker.demo import trained as T
 
 TINY = replace(T.QUICK, pretrain_steps=4, sft_steps=2, sft_save_every=2, rl_steps=2, rl_save_every=2, eval_size=16)
 
@@ -29,13 +29,13 @@ def test_status_reads_the_file_and_the_folders(tmp_path):
     demo = tmp_path / "demo"
     demo.mkdir()
     assert demo_training.status(demo)["state"] == "absent"
-    demo_training._write_status(demo, state="training", percent=40.0, stage="RL")
+    demo_training.write_status(demo, state="training", percent=40.0, stage="RL")
     assert demo_training.status(demo) == {"state": "training", "percent": 40.0, "stage": "RL", "message": None}
     stale = json.loads((demo / demo_training.STATUS_FILE).read_text())
     stale["updated"] -= demo_training.STALE_SECONDS + 1
     (demo / demo_training.STATUS_FILE).write_text(json.dumps(stale))
     assert demo_training.status(demo)["state"] == "absent"  # the build that wrote it died
-    demo_training._write_status(demo, state="failed", message="boom")
+    demo_training.write_status(demo, state="failed", message="boom")
     assert demo_training.status(demo)["state"] == "failed" and demo_training.status(demo)["message"] == "boom"
     for name in demo_training.TRAINED_NAMES:
         (demo / name).mkdir(parents=True)

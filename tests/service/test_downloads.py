@@ -6,7 +6,6 @@ import csv
 import io
 
 import pytest
-
 from service_helpers import done
 
 pytestmark = pytest.mark.timeout(300)

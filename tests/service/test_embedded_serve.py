@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-
-from app.embedded import free_port
 from service_helpers import VENV_BIN
+
+from app.cli.embedded import free_port
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -14,7 +14,6 @@ import subprocess
 import time
 
 import pytest
-
 from service_helpers import comparable, root_conftest, submit, wait_status, write_many_tensor_pair
 
 pytestmark = pytest.mark.timeout(600)
@@ -55,7 +54,7 @@ def masks_bytes(svc, aid: str) -> bytes:
 
 
 def test_fanned_out_over_two_workers_equals_one_worker_byte_for_byte(svc, fanout_svc):
-    from app.embedded import stop_worker
+    from app.cli.embedded import stop_worker
 
     pair = dict(tensors=96, rows=128, cols=256, seed=21)  # 12.6 MB compared: 4-5 groups of ~3 MB
     write_many_tensor_pair(svc.local_root / "fan" / "same", **pair)

@@ -1,4 +1,4 @@
-"""The fan-out bookkeeping in Redis (app/store.py FanOut, app/fanout.py sweep) on a real redis-server,
+"""The fan-out bookkeeping in Redis (app/core/store.py FanOut, worker/fanout.py sweep) on a real redis-server,
 with no worker: claims, the reduce queued exactly once, dead groups put back, losses counted."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import json
 import pytest
 from rq import Queue
 
-from app.embedded import RedisServer
-from app.fanout import dispatch, sweep
-from app.settings import Settings
-from app.store import ALIVE_TTL_S, FAILED, MAX_LOST_RUNS, RUNNING, Store, group_alive_key
+from app.cli.embedded import RedisServer
+from app.core.settings import Settings
+from app.core.store import ALIVE_TTL_S, FAILED, MAX_LOST_RUNS, RUNNING, Store, group_alive_key
+from worker.fanout import dispatch, sweep
 
 GROUPS = [{"names": ["a", "b"], "bytes": 100}, {"names": ["c"], "bytes": 80}, {"names": ["d", "e"], "bytes": 120}]
 
@@ -26,7 +26,7 @@ def redis_url(tmp_path_factory):
 
 @pytest.fixture
 def env(redis_url, tmp_path):
-    from app.store import connect
+    from app.core.store import connect
 
     r = connect(redis_url)
     r.flushdb()
@@ -141,7 +141,7 @@ def test_a_finished_fanout_leaves_no_group_keys(env):
 
 
 def test_sweep_requeues_a_queued_group_whose_job_is_gone(env, monkeypatch):
-    import app.fanout as fanout_module
+    import worker.fanout as fanout_module
 
     store, settings, aid = env
     queue = Queue(settings.queue, connection=store.r)

@@ -8,9 +8,9 @@ import time
 import httpx
 import psutil
 import pytest
-
-from app.settings import cores
 from service_helpers import done, submit, wait_status
+
+from app.core.settings import cores
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -124,7 +124,7 @@ def test_serve_runs_several_web_processes_where_cores_allow(svc):
 def test_read_cache_is_bounded_by_bytes_and_encodes_once():
     """The LRU drops the least recently read first, never holds more than its bytes, and skips a body
     bigger than the whole cache; gzip is made once, only for bodies worth it, and tags match either form."""
-    from app.reads import LRU, accepts_gzip, encode, matches
+    from app.web.reads import LRU, accepts_gzip, encode, matches
 
     small, big = encode("x" * 100, "application/json", ("done", "1")), encode(b"y" * 5000, "text/csv", ("done", "2"))
     assert small.gz is None and big.gz is not None and gzip.decompress(big.gz) == big.body

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from service_helpers import (
     assert_same_numbers,
     cli_result,

@@ -11,7 +11,6 @@ import time
 
 import pytest
 import torch
-
 from run_checkpoints import base_state, reference, save, train_step, write_run
 from service_helpers import wait_for, wait_idle
 

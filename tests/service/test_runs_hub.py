@@ -7,7 +7,6 @@ worker are separate processes that reach it through HF_ENDPOINT, as they would h
 from __future__ import annotations
 
 import pytest
-
 from hubserver import HubServer
 from run_checkpoints import reference, save, write_run
 from service_helpers import root_conftest

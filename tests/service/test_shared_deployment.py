@@ -17,7 +17,6 @@ import psutil
 import pytest
 import torch
 from safetensors.torch import save_file
-
 from service_helpers import root_conftest, wait_status
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]

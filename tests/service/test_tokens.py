@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
 from redis_scan import secret_holders
 from service_helpers import submit, wait_status
 

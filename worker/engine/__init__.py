@@ -1,6 +1,5 @@
 """The diff engine: plain Python + torch. Imports nothing of Redis, HTTP or Dash."""
 
-from worker.engine.adapter import LoraMergedSource
 from worker.engine.analysis import (
     ENGINE_VERSION,
     AnalysisOptions,
@@ -12,14 +11,14 @@ from worker.engine.analysis import (
     finish,
     plan_analysis,
 )
-from worker.engine.demo import write_demo
+from worker.engine.checkpoints.lora import LoraMergedSource
+from worker.engine.checkpoints.open import open_pair, open_source
+from worker.engine.checkpoints.sources import Piece, Source, SourceSpec, parse_source
 from worker.engine.errors import EngineError
-from worker.engine.kernel import CURVE_TOLERANCES, EXACT_TOLERANCES, tolerance_key
+from worker.engine.kernel.accumulator import CURVE_TOLERANCES, EXACT_TOLERANCES, tolerance_key
 from worker.engine.masks import load_masks
-from worker.engine.open import open_pair, open_source
 from worker.engine.overlap import overlap
-from worker.engine.pairing import check_compatible
-from worker.engine.sources import Piece, Source, SourceSpec, parse_source
+from worker.engine.pairing.pairs import check_compatible
 
 __all__ = [
     "CURVE_TOLERANCES",
@@ -45,5 +44,4 @@ __all__ = [
     "parse_source",
     "plan_analysis",
     "tolerance_key",
-    "write_demo",
 ]

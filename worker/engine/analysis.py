@@ -20,14 +20,14 @@ from typing import Literal
 
 import torch
 
-from worker.engine import geometry as geo
 from worker.engine import masks as mask_files
+from worker.engine.checkpoints.sources import Piece, Source
 from worker.engine.errors import EngineError
-from worker.engine.kernel import CURVE_TOLERANCES, EXACT_TOLERANCES, ULP_BUCKETS, Kernel, tolerance_key
-from worker.engine.naming import layer_order, locate, name_order
-from worker.engine.pairing import Pair, Pairing, check_compatible, pair_tensors
+from worker.engine.kernel import geometry as geo
+from worker.engine.kernel.accumulator import CURVE_TOLERANCES, EXACT_TOLERANCES, ULP_BUCKETS, Kernel, tolerance_key
+from worker.engine.pairing.location import layer_order, locate, name_order
+from worker.engine.pairing.pairs import Pair, Pairing, check_compatible, pair_tensors
 from worker.engine.reference import reference_for
-from worker.engine.sources import Piece, Source
 
 ENGINE_VERSION = "0.2.0"
 SCHEMA = 1

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from worker.engine.checkpoints.safetensors_format import header_length, parse_header
 from worker.engine.errors import EngineError
-from worker.engine.safetensors_format import header_length, parse_header
 
 FORMAT = "subnetscope-mask"
 MASKS_FILE = "masks.safetensors"

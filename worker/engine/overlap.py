@@ -14,7 +14,7 @@ import numpy as np
 
 from worker.engine.errors import EngineError
 from worker.engine.masks import iter_packed, read_metadata
-from worker.engine.naming import layer_order, locate
+from worker.engine.pairing.location import layer_order, locate
 
 
 def _popcount(a: np.ndarray) -> int:
