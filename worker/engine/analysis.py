@@ -25,6 +25,7 @@ from worker.engine.checkpoints.sources import Piece, Source
 from worker.engine.errors import EngineError
 from worker.engine.kernel import geometry as geo
 from worker.engine.kernel.accumulator import CURVE_TOLERANCES, EXACT_TOLERANCES, ULP_BUCKETS, Kernel, tolerance_key
+from worker.engine.kernel.spectra import rank_summary
 from worker.engine.pairing.location import layer_order, locate, name_order
 from worker.engine.pairing.pairs import Pair, Pairing, check_compatible, pair_tensors
 from worker.engine.reference import reference_for
@@ -467,6 +468,7 @@ def _group(records: list[dict], *keys: str) -> list[dict]:
     for k, g in groups.items():
         g["sparsity"] = _sparsity(g["numel"], g["changed"])
         g["geometry"] = geo.weighted(members[k])
+        g["rank"] = rank_summary(members[k])
     out = list(groups.values())
     if "layer" in keys:
         out.sort(key=layer_order)
@@ -506,6 +508,7 @@ def build_result(base: Source, tuned: Source, options: AnalysisOptions, records:
             "mean": sum(r["rank_ratio"] for r in ranked) / len(ranked) if ranked else None,
             "weighted_mean": (sum(r["rank_ratio"] * r["numel"] for r in ranked) / sum(r["numel"] for r in ranked))
             if ranked and sum(r["numel"] for r in ranked) else None,
+            **rank_summary(records),  # "study" (float32 matrix_rank, as above) and "f64" (numerical rank)
         },
         "geometry": {"mode": options.geometry, "matrices": 0, **(geo.weighted(records) or {})},
         "dtype_mismatch": bool(unmatched.get("dtype_mismatch")),

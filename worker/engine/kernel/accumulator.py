@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from worker.engine.kernel import numba_backend as cpu_kernel
-from worker.engine.kernel.geometry import geometry
+from worker.engine.kernel import svd_phase
 
 EXACT_TOLERANCES = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3)
 
@@ -336,19 +336,12 @@ class Kernel:
             "ratio": math.sqrt(acc.delta_sq) / math.sqrt(acc.base_sq) if acc.base_sq > 0 else None,
             "max_abs_delta": acc.max_abs,
             "ulp": [int(c) for c in ulp],
-            "rank": None,
+            "rank": None,  # the study's (float32 matrix_rank)
             "rank_ratio": None,
+            "rank_f64": None,  # metrics.md's float64 numerical rank
+            "rank_f64_ratio": None,
             "geometry": None,
         }
-        if acc.want_rank and two_d and acc.numel:
-            delta = torch.cat(acc.rank_rows) if len(acc.rank_rows) > 1 else acc.rank_rows[0]
-            acc.rank_rows.clear()
-            rank = int(torch.linalg.matrix_rank(delta.to(self.device)))  # on the GPU when there is one
-            record["rank"] = rank
-            record["rank_ratio"] = rank / min(delta.shape)
-        if acc.want_geometry and two_d and acc.numel:
-            base = torch.cat([b for b, _ in acc.geometry_rows])
-            tuned = torch.cat([t for _, t in acc.geometry_rows])
-            acc.geometry_rows.clear()
-            record["geometry"] = geometry(base, tuned, self.device)
+        if (acc.want_rank or acc.want_geometry) and two_d and acc.numel:
+            record.update(svd_phase.finish_svds(acc, self.device))
         return record

@@ -14,10 +14,14 @@ k = ceil(q r) for each q in QS:
                      the same for V
     drift            ||sigma(W~) - sigma(W)||_2 / ||sigma(W)||_2
 
-Three float64 SVDs per matrix (W, W~ and Delta's singular values), all on `device`.
-One projection per side gives every k at once: with L = U^T Delta (r x n) and
-M = L V (r x r), left(k) is the energy of L's first k rows, two-sided(k) that of M's
-top-left k x k block, right(k) that of (Delta V)'s first k columns.
+The reference is three float64 SVDs per matrix (W and W~ with vectors, Delta values only).
+The fast path (factors.py) takes W's and W~'s top-k_max singular vectors (k_max = 20 %) and all
+their singular values from float64 Gram eigendecompositions where that is provably accurate,
+and Delta's singular values from the spectrum the update ranks already computed (spectra.py);
+tests/engine/test_geometry_fast.py holds it to metrics.md's tolerances against the reference.
+One projection per side gives every k at once: with L = U_k^T Delta (k x n) and
+M = L V_k (k x k), left(k) is the energy of L's first k rows, two-sided(k) that of M's
+top-left k x k block, right(k) that of (Delta V_k)'s first k columns.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ import math
 import time
 
 import torch
+
+from worker.engine.kernel.factors import top_factors
+from worker.engine.kernel.spectra import stable_and_effective
 
 QS = (0.01, 0.05, 0.10, 0.20)
 HEADLINE_Q = 0.05  # the one-number views (heatmap, compare columns) use k = 5 %
@@ -76,8 +83,13 @@ def spectrum(s: torch.Tensor) -> tuple[list[int] | None, list[float]]:
     return index, [float(f"{v:.{SPECTRUM_DIGITS}g}") for v in s.tolist()]
 
 
-def geometry(base: torch.Tensor, tuned: torch.Tensor, device: torch.device | str = "cpu") -> dict | None:
-    """The geometry record of one matrix (see the module docstring); None for non-finite weights."""
+def geometry(base: torch.Tensor, tuned: torch.Tensor, device: torch.device | str = "cpu",
+             delta_sigma: torch.Tensor | None = None, reference: bool = False) -> dict | None:
+    """The geometry record of one matrix (see the module docstring); None for non-finite weights.
+
+    `delta_sigma`: Delta's float64 singular values when already computed (the update ranks');
+    `reference`: full float64 SVDs, no shortcut (what the tests hold the fast path to).
+    """
     started = time.perf_counter()
     w = base.to(device=device, dtype=torch.float64)  # (m, n)
     wt = tuned.to(device=device, dtype=torch.float64)  # (m, n)
@@ -85,17 +97,23 @@ def geometry(base: torch.Tensor, tuned: torch.Tensor, device: torch.device | str
         return None
     m, n = w.shape
     delta = wt - w
-    u, s, vh = torch.linalg.svd(w, full_matrices=False)  # u (m, r), s (r,), vh (r, n)
-    ut, st, vht = torch.linalg.svd(wt, full_matrices=False)
-    sd = torch.linalg.svdvals(delta)  # (r,)
     k_list = ks(m, n)
+    kmax = k_list[-1]
+    fast = None if reference else (top_factors(w, kmax), top_factors(wt, kmax))
+    if fast is not None and fast[0] is not None and fast[1] is not None:
+        (u, s, vh), (ut, st, vht) = fast  # u (m, kmax), s (r,), vh (kmax, n)
+    else:
+        u, s, vh = torch.linalg.svd(w, full_matrices=False)  # u (m, r), s (r,), vh (r, n)
+        ut, st, vht = torch.linalg.svd(wt, full_matrices=False)
+        u, vh, ut, vht = u[:, :kmax], vh[:kmax], ut[:, :kmax], vht[:kmax]
+    sd = delta_sigma.to(torch.float64).cpu() if delta_sigma is not None else torch.linalg.svdvals(delta).cpu()
 
     fro2 = float(delta.square().sum())
     energy: dict[str, list[float | None]]
     if fro2 > 0:
-        left_rows = (u.T @ delta)  # (r, n)
-        two = (left_rows @ vh.T).square()  # (r, r)
-        right_cols = (delta @ vh.T).square().sum(dim=0)  # (r,)
+        left_rows = (u.T @ delta)  # (kmax, n)
+        two = (left_rows @ vh.T).square()  # (kmax, kmax)
+        right_cols = (delta @ vh.T).square().sum(dim=0)  # (kmax,)
         left_cum = left_rows.square().sum(dim=1).cumsum(0)
         right_cum = right_cols.cumsum(0)
         # two-sided(k) = sum of the k x k block: a 2-D prefix sum read on its diagonal
@@ -105,12 +123,9 @@ def geometry(base: torch.Tensor, tuned: torch.Tensor, device: torch.device | str
             "left": [float(left_cum[k - 1]) / fro2 for k in k_list],
             "right": [float(right_cum[k - 1]) / fro2 for k in k_list],
         }
-        p = sd[sd > 0] / sd.sum()
-        stable_rank = fro2 / float(sd[0]) ** 2
-        effective_rank = math.exp(float(-(p * p.log()).sum()))
     else:  # no update: no direction to measure
         energy = {"two_sided": [None] * len(k_list), "left": [None] * len(k_list), "right": [None] * len(k_list)}
-        stable_rank = effective_rank = None
+    stable_rank, effective_rank = stable_and_effective(sd, fro2)
     u_sin, u_deg = _rotation(u, ut, k_list)
     v_sin, v_deg = _rotation(vh.T, vht.T, k_list)
     s_norm = float(torch.linalg.vector_norm(s))

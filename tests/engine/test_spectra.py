@@ -1,0 +1,163 @@
+"""Both update ranks and the fast SVD phase against float64 SVDs on constructed spectra (metrics.md "Update rank")."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from worker.engine import AnalysisOptions, analyze, open_source, parse_source
+from worker.engine.kernel import factors, spectra
+from worker.engine.kernel import geometry as G
+
+
+def _with_spectrum(m: int, n: int, s: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """A float32 matrix U diag(s) V^T (U, V random orthonormal, float64 before the one rounding)."""
+    gen = torch.Generator().manual_seed(seed)
+    r = s.numel()
+    u, _ = torch.linalg.qr(torch.randn(m, r, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, r, generator=gen, dtype=torch.float64))
+    return ((u * s.to(torch.float64)) @ v.T).float()
+
+
+def _reference(d: torch.Tensor) -> tuple[int, int, torch.Tensor]:
+    """(study rank, float64 rank, float64 singular values): the definitions, brute force."""
+    s64 = torch.linalg.svdvals(d.double())
+    p = max(d.shape)
+    f64 = int((s64 > s64[0] * p * 2.0 ** -52).sum()) if float(s64[0]) > 0 else 0
+    return int(torch.linalg.matrix_rank(d)), f64, s64
+
+
+def test_square_full_rank_update_with_a_long_tail_reads_lower_under_the_studys_rule():
+    # 384 x 384, singular values log-spaced over 5.5 decades: genuinely full rank, yet
+    # float32's threshold (sigma_1 * 384 * 2^-23 = 4.6e-5 sigma_1) cuts the tail.
+    d = _with_spectrum(384, 384, torch.logspace(0, -5.5, 384, dtype=torch.float64))
+    study, f64, s64 = _reference(d)
+    got = spectra.delta_spectrum(d)
+    assert (got["rank"], got["rank_f64"]) == (study, f64) == (303, 384)
+    assert got["study"] == "svd32"  # singular values sit at the float32 threshold: it pays for its own
+    assert torch.allclose(got["sigma"], s64, rtol=0, atol=1e-10 * float(s64[0]))  # Gram: ~1e-11 measured
+
+
+def test_well_conditioned_rectangular_update_reuses_one_gram_spectrum():
+    d = _with_spectrum(300, 120, torch.linspace(2.0, 0.5, 120, dtype=torch.float64), seed=1)
+    study, f64, s64 = _reference(d)
+    got = spectra.delta_spectrum(d)
+    assert (got["rank"], got["rank_f64"]) == (study, f64) == (120, 120)
+    assert (got["values"], got["study"]) == ("gram", "reused")
+    assert torch.allclose(got["sigma"], s64, rtol=1e-12, atol=0)
+    # wide as well as tall: the Gram matrix of the smaller side
+    got = spectra.delta_spectrum(d.T.contiguous())
+    assert (got["rank"], got["rank_f64"], got["values"]) == (120, 120, "gram")
+
+
+def test_low_rank_update_counts_only_its_rank_in_both():
+    # entries are small integers: exact in float32, so Delta has rank 3 exactly
+    gen = torch.Generator().manual_seed(2)
+    d = (torch.randint(-3, 4, (200, 3), generator=gen) @ torch.randint(-3, 4, (3, 90), generator=gen)).float()
+    study, f64, _ = _reference(d)
+    got = spectra.delta_spectrum(d)
+    assert (got["rank"], got["rank_f64"]) == (study, f64) == (3, 3)
+    assert got["values"] == "svd64"  # Gram eigenvalues cannot prove where the zeros are: the definition decides
+
+
+def test_tail_between_the_two_thresholds_is_counted_by_float64_only():
+    # 40 singular values at 1, 20 at 1e-6 (below float32's 200 * 2^-23 = 2.4e-5, far above float64's)
+    s = torch.cat([torch.ones(40, dtype=torch.float64), torch.full((20,), 1e-6, dtype=torch.float64)])
+    d = _with_spectrum(200, 80, s, seed=3)
+    study, f64, _ = _reference(d)
+    got = spectra.delta_spectrum(d)
+    assert got["rank"] == study == 40
+    assert got["rank_f64"] == f64 and f64 >= 60  # float32 rounding noise fills the rest of float64's count
+    assert got["study"] == "reused"  # nothing near float32's threshold: the float64 values decide it
+
+
+def test_zero_update_and_row_blocks():
+    z = spectra.delta_spectrum(torch.zeros(30, 20))
+    assert (z["rank"], z["rank_f64"]) == (0, 0)
+    d = _with_spectrum(257, 64, torch.logspace(0, -3, 64, dtype=torch.float64), seed=4)
+    whole = spectra.delta_spectrum(d)
+    blocks = spectra.delta_spectrum([d[:100], d[100:101], d[101:]])
+    assert (blocks["rank"], blocks["rank_f64"]) == (whole["rank"], whole["rank_f64"]) == _reference(d)[:2]
+    assert torch.allclose(blocks["sigma"], whole["sigma"], rtol=1e-9, atol=0)  # same sums, another order
+
+
+@pytest.mark.parametrize("m, n, decades", [(384, 384, 5.5), (500, 300, 7.0), (256, 700, 3.0)])
+def test_float32_svd_error_stays_inside_the_bound_the_study_rank_relies_on(m, n, decades):
+    d = _with_spectrum(m, n, torch.logspace(0, -decades, min(m, n), dtype=torch.float64), seed=m)
+    s32 = torch.linalg.svdvals(d).double()
+    s64 = torch.linalg.svdvals(d.double())
+    observed = float((s32 - s64).abs().max()) / (float(s64[0]) * spectra.EPS32)
+    assert observed <= spectra.STUDY_GROWTH * math.sqrt(max(m, n)) / 4  # 4x headroom under the bound used
+
+
+def _bf16_pair(m: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A base with a decaying spectrum and a sparse bf16 update, both as exact float32."""
+    gen = torch.Generator().manual_seed(seed)
+    w = _with_spectrum(m, n, torch.logspace(0, -1.5, min(m, n), dtype=torch.float64), seed=seed).bfloat16()
+    step = (torch.randn(m, n, generator=gen) * 2e-3 * (torch.rand(m, n, generator=gen) < 0.2)).bfloat16()
+    return w.float(), (w.float() + step.float()).bfloat16().float()
+
+
+@pytest.mark.parametrize("m, n", [(160, 96), (96, 160), (128, 128)])
+def test_fast_geometry_is_within_metrics_tolerances_of_the_float64_reference(m, n):
+    base, tuned = _bf16_pair(m, n, seed=m + n)
+    assert factors.top_factors(base.double(), G.ks(m, n)[-1]) is not None  # the fast path is the one tested
+    sd = spectra.delta_spectrum(tuned - base)["sigma"]
+    fast = G.geometry(base, tuned, delta_sigma=sd)
+    ref = G.geometry(base, tuned, reference=True)
+    for side in ("two_sided", "left", "right"):
+        assert fast["energy"][side] == pytest.approx(ref["energy"][side], abs=1e-6)
+    for key in ("u_mean_sin", "v_mean_sin"):
+        assert fast["rotation"][key] == pytest.approx(ref["rotation"][key], abs=1e-6)
+    for key in ("u_max_deg", "v_max_deg"):
+        assert fast["rotation"][key] == pytest.approx(ref["rotation"][key], abs=0.01)
+    assert fast["drift"] == pytest.approx(ref["drift"], abs=1e-7)
+    assert fast["stable_rank"] == pytest.approx(ref["stable_rank"], rel=1e-9)
+    assert fast["effective_rank"] == pytest.approx(ref["effective_rank"], rel=1e-9)
+    assert fast["spectra"]["base"] == pytest.approx(ref["spectra"]["base"], rel=1e-6)
+
+
+def test_rank_deficient_base_falls_back_to_the_full_svd():
+    s = torch.cat([torch.ones(5, dtype=torch.float64), torch.zeros(35, dtype=torch.float64)])
+    w = _with_spectrum(60, 40, s, seed=5).double()
+    assert factors.top_factors(w, G.ks(60, 40)[-1]) is None  # sigma_k = 0 at k = 20 %: no U_k from W V_k
+
+
+def test_analyze_reports_both_ranks_per_matrix_layer_module_and_model(tmp_path):
+    long_tail = _with_spectrum(384, 384, torch.logspace(0, -5.5, 384, dtype=torch.float64), seed=6)
+    gen = torch.Generator().manual_seed(7)
+    base, tuned = {}, {}
+    for i in range(2):
+        w = torch.randn(384, 384, generator=gen)
+        base[f"model.layers.{i}.self_attn.o_proj.weight"] = w
+        tuned[f"model.layers.{i}.self_attn.o_proj.weight"] = w + (long_tail if i == 0 else 0.01 * torch.randn(
+            384, 384, generator=gen))
+        base[f"model.layers.{i}.input_layernorm.weight"] = tuned[f"model.layers.{i}.input_layernorm.weight"] = \
+            torch.ones(384)
+    for side, tensors in (("b", base), ("t", tuned)):
+        (tmp_path / side).mkdir()
+        save_file(tensors, str(tmp_path / side / "model.safetensors"))
+    with open_source(parse_source(str(tmp_path / "b"), allow_any_path=True)) as sb, \
+            open_source(parse_source(str(tmp_path / "t"), allow_any_path=True)) as st:
+        result = analyze(sb, st, AnalysisOptions(rank="all", device="cpu"))
+    recs = {r["layer"]: r for r in result["tensors"] if len(r["shape"]) == 2}
+    for layer, rec in recs.items():
+        d = (torch.from_numpy(tuned[rec["name"]].double().numpy()) - base[rec["name"]].double()).float()
+        study, f64, _ = _reference(d)
+        assert (rec["rank"], rec["rank_f64"]) == (study, f64)
+        assert rec["rank_ratio"] == study / 384 and rec["rank_f64_ratio"] == f64 / 384
+    assert recs[0]["rank"] < 384 - 40 and recs[0]["rank_f64"] == 384  # the long tail: the two differ
+    rank = result["summary"]["rank"]
+    assert rank["study"]["matrices"] == rank["f64"]["matrices"] == 2
+    assert rank["study"]["mean"] == pytest.approx(sum(r["rank_ratio"] for r in recs.values()) / 2)
+    assert rank["f64"]["mean"] == pytest.approx(sum(r["rank_f64_ratio"] for r in recs.values()) / 2)
+    assert rank["mean"] == rank["study"]["mean"]  # the study's figure keeps its place
+    layer0 = next(g for g in result["layers"] if g["layer"] == 0)
+    assert layer0["rank"]["f64"]["mean"] == 1.0 and layer0["rank"]["study"]["mean"] == recs[0]["rank_ratio"]
+    module = next(g for g in result["modules"] if g["module"] == "self_attn.o_proj")
+    assert module["rank"]["f64"]["matrices"] == 2
+    norm = next(r for r in result["tensors"] if len(r["shape"]) == 1)
+    assert norm["rank"] is None and norm["rank_f64"] is None

@@ -1,0 +1,148 @@
+"""Singular values of Delta, shared by both update ranks and by geometry's stable / effective rank.
+
+Definitions ("Update rank" in ../shared/design/metrics.md), for Delta (m x n), p = max(m, n):
+
+    study rank   torch.linalg.matrix_rank(float32 Delta): sigma32_i > sigma32_1 * p * 2^-23,
+                 sigma32 the singular values of a float32 SVD (the study's Table 2)
+    float64 rank sigma_i > sigma_1 * p * 2^-52, sigma the singular values in float64
+
+One values-only float64 spectrum serves the float64 rank, the study's rank (where it provably
+gives the same count) and geometry's stable and effective rank:
+
+1. Gram eigenvalues: G = Delta^T Delta (the smaller side, accumulated in float64 row block by
+   row block, so no float64 copy of Delta), lambda = eigvalsh(G), sigma = sqrt(lambda). Forming G
+   errs by at most p eps64 ||Delta||_F^2 (elementwise |fl(G) - G| <= gamma_p |Delta|^T |Delta|)
+   and a backward-stable eigensolver by r eps64 ||G||_2 (r = min(m, n)), so each lambda is
+   within b = (p ||Delta||_F^2 + r sigma_1^2) eps64 (x2 for the second-order terms) of the
+   truth (Weyl). This is used only when every sigma_i is provably above the float64 rank
+   threshold (lambda_i - b > threshold^2): the matrix is then full rank in float64, and its
+   sigma_i err by at most b / sigma_i. A genuinely full-rank finetuning update is the
+   common case; Gram costs ~1/5 of a float32 SVD.
+2. Otherwise the definition itself: torch.linalg.svdvals in float64 (values only).
+
+The study's float32 rank: LAPACK bounds the error of computed singular values by
+p(m, n) eps sigma_1 with "a modestly growing" p (LAPACK Users' Guide 4.9); we take
+p = STUDY_GROWTH * sqrt(max(m, n)) (8 sqrt: 6x the largest error measured, 59 eps32 sigma_1 on
+a 2048 x 2048 Gaussian; tests/engine/test_spectra.py checks the bound on constructed spectra).
+Where no float64 sigma_i lies within that bound (plus the float64 values' own) of the float32
+threshold, the count of float64 sigma_i above it is the study's count; where one does, the
+study's own float32 `matrix_rank` is run (values only as well).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+EPS32 = 2.0 ** -23  # torch.finfo(torch.float32).eps: matrix_rank's default rtol is max(m, n) * eps
+EPS64 = 2.0 ** -52
+STUDY_GROWTH = 8.0
+GRAM_BLOCK = 4096  # rows of Delta converted to float64 at a time while forming G
+
+
+def thresholds(shape: tuple[int, int], sigma_max: float) -> tuple[float, float]:
+    """(float32, float64) rank thresholds of a matrix of this shape and largest singular value."""
+    p = max(shape)
+    return sigma_max * p * EPS32, sigma_max * p * EPS64
+
+
+def _rows(delta: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+    return [delta] if isinstance(delta, torch.Tensor) else list(delta)
+
+
+def _gram(rows: list[torch.Tensor], n: int, device) -> tuple[torch.Tensor, float, bool]:
+    """(G of the smaller side in float64, ||Delta||_F^2, transposed), Delta given as row blocks (., n)."""
+    m = sum(r.shape[0] for r in rows)
+    if m >= n:  # G = Delta^T Delta (n x n), row block by row block
+        g = torch.zeros(n, n, dtype=torch.float64, device=device)
+        for r in rows:
+            for s in range(0, r.shape[0], GRAM_BLOCK):
+                b = r[s:s + GRAM_BLOCK].to(device=device, dtype=torch.float64)
+                g.addmm_(b.T, b)
+        transposed = False
+    else:  # G = Delta Delta^T (m x m): m < n, so Delta in float64 is smaller than G's other side
+        d = torch.cat([r.to(device=device, dtype=torch.float64) for r in rows])
+        g = d @ d.T
+        transposed = True
+    return g, float(g.diagonal().sum()), transposed
+
+
+def delta_spectrum(delta: torch.Tensor | list[torch.Tensor], device: torch.device | str = "cpu",
+                   want_study: bool = True) -> dict:
+    """Ranks and singular values of Delta (float32, finite; given whole or as row blocks in order).
+
+    Returns {"rank": study rank or None, "rank_f64", "sigma" (float64, descending, on the CPU),
+    "values": "gram" | "svd64", "study": "reused" | "svd32" | None, "seconds"}.
+    """
+    started = time.perf_counter()
+    rows = _rows(delta)
+    n = rows[0].shape[1]
+    m = sum(r.shape[0] for r in rows)
+    shape = (m, n)
+    r = min(m, n)
+    out = {"rank": None, "rank_f64": 0, "sigma": torch.zeros(r, dtype=torch.float64), "values": "gram",
+           "study": None}
+    sigma = err = None
+    if r:
+        g, fro2, _ = _gram(rows, n, device)
+        finite = math.isfinite(fro2)  # near-float32-max entries (non-finite updates) overflow G
+        lam = torch.linalg.eigvalsh(g).flip(0) if finite else None  # descending
+        del g
+        lam1 = float(lam[0]) if finite else math.inf
+        bound = 2.0 * (max(m, n) * fro2 + r * max(lam1, 0.0)) * EPS64
+        if finite and lam1 > bound:
+            _, thr64 = thresholds(shape, math.sqrt(lam1 + bound))  # an upper bound on the threshold
+            if float(lam[-1]) - bound > thr64 ** 2:
+                sigma = lam.clamp(min=0).sqrt().cpu()
+                # |sigma^ - sigma| <= b / (sigma^ + sigma) <= b / sqrt(lambda^ - b)
+                err = bound / (lam.cpu() - bound).sqrt()
+        if sigma is None:
+            d = torch.cat(rows) if len(rows) > 1 else rows[0]
+            sigma = torch.linalg.svdvals(d.to(device=device, dtype=torch.float64)).cpu()
+            # a backward-stable float64 SVD: r sigma_1 eps64 (far below every float32 margin)
+            err = torch.full_like(sigma, 4.0 * math.sqrt(max(m, n)) * float(sigma[0]) * EPS64)
+            out["values"] = "svd64"
+    out["sigma"] = sigma if sigma is not None else out["sigma"]
+    smax = float(sigma[0]) if r else 0.0
+    if smax > 0:
+        thr32, thr64 = thresholds(shape, smax)
+        out["rank_f64"] = int((sigma > thr64).sum())
+        if want_study:
+            margin = STUDY_GROWTH * math.sqrt(max(m, n)) * smax * EPS32
+            # the float32 threshold moves with float32's sigma_1 too (by at most p eps32 margin)
+            near = (sigma - thr32).abs() <= margin + err + thr32 * margin / smax
+            if bool(near.any()):
+                d = torch.cat(rows) if len(rows) > 1 else rows[0]
+                out["rank"] = int(torch.linalg.matrix_rank(d.to(device=device, dtype=torch.float32)))
+                out["study"] = "svd32"
+            else:
+                out["rank"] = int((sigma > thr32).sum())
+                out["study"] = "reused"
+    elif want_study and r:
+        out["rank"], out["study"] = 0, "reused"  # Delta = 0: no singular value above any threshold
+    out["seconds"] = round(time.perf_counter() - started, 4)
+    return out
+
+
+def stable_and_effective(sigma: torch.Tensor, fro2: float) -> tuple[float | None, float | None]:
+    """Stable rank ||Delta||_F^2 / sigma_1^2 and effective rank exp(H(sigma / sum sigma)); None for Delta = 0."""
+    if fro2 <= 0 or not sigma.numel() or float(sigma[0]) <= 0:
+        return None, None
+    p = sigma[sigma > 0] / sigma.sum()
+    return fro2 / float(sigma[0]) ** 2, math.exp(float(-(p * p.log()).sum()))
+
+
+def rank_summary(records: list[dict]) -> dict:
+    """Both ranks over matrices: unweighted means (the study's figure) and element-weighted means."""
+    out: dict = {}
+    for key, ratio in (("study", "rank_ratio"), ("f64", "rank_f64_ratio")):
+        rows = [(r[ratio], r["numel"]) for r in records if r.get(ratio) is not None]
+        total = sum(w for _, w in rows)
+        out[key] = {
+            "matrices": len(rows),
+            "mean": sum(v for v, _ in rows) / len(rows) if rows else None,
+            "weighted_mean": sum(v * w for v, w in rows) / total if total else None,
+        }
+    return out
