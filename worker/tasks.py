@@ -32,6 +32,7 @@ from app.core.store import ALIVE_REFRESH_S, DONE, FAILED, QUEUED, Store, connect
 from app.core.token_seal import unseal
 from worker import fanout
 from worker.engine import AnalysisOptions, EngineError, SourceSpec, analyze, open_source, overlap, parse_source
+from worker.engine.analysis import cores
 
 log = logging.getLogger(__name__)
 
@@ -218,12 +219,24 @@ def _reporters(store: Store, aid: str, beat: _Heartbeat, write_progress):
         moved = p.bytes_done - first_bytes[0]
         rate = moved / elapsed if moved > 0 and elapsed > 0 else None
         remaining = max(p.bytes_total - p.bytes_done, 0)
+        eta = remaining / rate if rate else None
+        svd = {}
+        if p.svd_matrices_total:
+            # SVDs run beside the pass from its first matrix on: their own rate, in estimated seconds of work
+            svd_rate = p.svd_done / elapsed if p.svd_done > 0 and elapsed > 0 else None
+            svd_eta = max(p.svd_total - p.svd_done, 0.0) / svd_rate if svd_rate else None
+            svd = {"svd_matrices_done": p.svd_matrices_done, "svd_matrices_total": p.svd_matrices_total,
+                   "svd_done": round(p.svd_done, 2), "svd_total": round(p.svd_total, 2),
+                   "svd_eta_s": round(svd_eta, 1) if svd_eta is not None else None,
+                   "svd_estimate_s": round(p.svd_total / cores(), 1)}
+            eta = max(eta or 0.0, svd_eta) if svd_eta is not None else eta
         write_progress({
             "tensors_done": p.tensors_done, "tensors_total": p.tensors_total,
             "bytes_done": p.bytes_done, "bytes_total": p.bytes_total,
             "bytes_per_s": round(rate, 1) if rate else None,
-            "eta_s": round(remaining / rate, 1) if rate else None,
+            "eta_s": round(eta, 1) if eta is not None else None,
             "current": p.current,
+            **svd,
         })
 
     return on_tensor, on_progress

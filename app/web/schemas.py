@@ -60,6 +60,13 @@ class Progress(BaseModel):
     bytes_per_s: float | None = None
     eta_s: float | None = None
     current: str | None = None
+    # the SVD phase (update rank, geometry), when asked for: matrices, estimated work and its own ETA
+    svd_matrices_done: int | None = None
+    svd_matrices_total: int | None = None
+    svd_done: float | None = None
+    svd_total: float | None = None
+    svd_eta_s: float | None = None
+    svd_estimate_s: float | None = None  # from the shapes at submission, before the worker starts
     groups: GroupsProgress | None = None  # only when the analysis is fanned out over workers
 
 

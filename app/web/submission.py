@@ -189,8 +189,24 @@ def prepare_analysis(base_src, tuned_src, *, base: str | None, tuned: str, base_
     }
     specs = {"base": spec_record(base_src), "tuned": spec_record(tuned_src)}
     progress = {"tensors_done": 0, "tensors_total": len(tuned_src.tensors), "bytes_done": 0,
-                "bytes_total": total_bytes, "bytes_per_s": None, "eta_s": None}
+                "bytes_total": total_bytes, "bytes_per_s": None, "eta_s": None, **_svd_estimate(
+                    base_src, tuned_src, rank, geometry)}
     return Prepared(aid, request, specs, progress, total_bytes)
+
+
+def _svd_estimate(base_src, tuned_src, rank: str, geometry: str) -> dict:
+    """The SVD phase's matrices and estimated minutes, from the headers (progress until the worker's own ETA)."""
+    if rank == "off" and geometry == "off":
+        return {}
+    from worker.engine import AnalysisOptions, EngineError, plan_analysis
+    from worker.engine.svd_estimate import estimate
+
+    try:
+        est = estimate(plan_analysis(base_src, tuned_src, AnalysisOptions(rank=rank, geometry=geometry)),
+                       AnalysisOptions(rank=rank, geometry=geometry))
+    except EngineError:  # the worker reports what is wrong with the pair; no estimate then
+        return {}
+    return {"svd_matrices_total": est["matrices"], "svd_estimate_s": est["seconds"]}
 
 
 def commit_analysis(r: Redis, settings: Settings, prepared: Prepared, token: str | None = None) -> Submitted:

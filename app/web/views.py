@@ -78,7 +78,7 @@ def list_item(row: dict[str, str | None]) -> dict:
 
 SCALAR_COLUMNS = ("name", "stack", "layer", "module", "expert", "shape", "dtype", "tuned_dtype", "compare_dtype", "numel", "nan",
                   "added", "removed", "row_coverage", "col_coverage", "delta_fro", "base_fro", "ratio", "max_abs_delta",
-                  "rank", "rank_ratio")
+                  "rank", "rank_ratio", "rank_f64", "rank_f64_ratio")
 
 
 def tensors_csv(records: list[dict], tolerances: list[float] | None) -> str:

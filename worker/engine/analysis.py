@@ -24,6 +24,7 @@ from worker.engine import masks as mask_files
 from worker.engine.checkpoints.sources import Piece, Source
 from worker.engine.errors import EngineError
 from worker.engine.kernel import geometry as geo
+from worker.engine.kernel import svd_cost
 from worker.engine.kernel.accumulator import CURVE_TOLERANCES, EXACT_TOLERANCES, ULP_BUCKETS, Kernel, tolerance_key
 from worker.engine.kernel.spectra import rank_summary
 from worker.engine.pairing.location import layer_order, locate, name_order
@@ -69,6 +70,11 @@ class Progress:
     bytes_done: int
     bytes_total: int
     current: str | None
+    # The SVD phase (rank, geometry), in estimated one-core seconds (svd_cost.py) and matrices
+    svd_total: float = 0.0
+    svd_done: float = 0.0
+    svd_matrices_total: int = 0
+    svd_matrices_done: int = 0
 
 
 def pick_device(choice: str) -> torch.device:
@@ -305,6 +311,10 @@ def analyze_part(
     progress = Progress(len(records), len(pairs), sum(pair_bytes(p) for p in pairs if p.name in records),
                         sum(pair_bytes(p) for p in pairs), None)
     resumed_bytes = progress.bytes_done
+    svd_cost_of = {p.name: svd_cost.matrix_seconds(p.shape, _wants_rank(p, options.rank, sampled),
+                                                    _wants_geometry(p, options.geometry, sampled)) for p in todo}
+    progress.svd_total = sum(svd_cost_of.values())
+    progress.svd_matrices_total = sum(1 for c in svd_cost_of.values() if c)
     if on_progress:
         on_progress(progress)
 
@@ -346,6 +356,9 @@ def analyze_part(
         record = _record(pair, stats)
         records[pair.name] = record
         progress.tensors_done += 1
+        if svd_cost_of.get(pair.name):
+            progress.svd_done += svd_cost_of[pair.name]
+            progress.svd_matrices_done += 1
         if on_tensor:
             on_tensor(record)
 

@@ -89,12 +89,16 @@ def _where(args, side: str) -> dict:
 
 
 def _progress_bar(quiet: bool, label: str):
-    """An on_progress callback drawing a tqdm bar in bytes."""
+    """An on_progress callback drawing a tqdm bar in bytes, and one for the SVD phase when there is one.
+
+    The SVD bar advances by each finished matrix's estimated cost (svd_cost.py), so its rate,
+    and tqdm's ETA from it, track the real work rather than the matrix count."""
     if quiet:
         return None, lambda: None
     from tqdm import tqdm
 
     bar = tqdm(total=0, unit="B", unit_scale=True, desc=label, file=sys.stderr, leave=False)
+    bars = [bar]
 
     def update(p) -> None:
         bar.total = p.bytes_total
@@ -102,8 +106,20 @@ def _progress_bar(quiet: bool, label: str):
         svd = f" · SVDs of {p.current.removeprefix('geometry ')}" if (p.current or "").startswith("geometry ") else ""
         bar.set_postfix_str(f"{p.tensors_done}/{p.tensors_total} tensors{svd}", refresh=False)
         bar.refresh()
+        if p.svd_matrices_total:
+            if len(bars) == 1:
+                bars.append(tqdm(total=p.svd_total, desc="SVDs", file=sys.stderr, leave=False, position=1,
+                                 bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]"))
+            svd_bar = bars[1]
+            svd_bar.n = p.svd_done
+            svd_bar.set_postfix_str(f"{p.svd_matrices_done}/{p.svd_matrices_total} matrices", refresh=False)
+            svd_bar.refresh()
 
-    return update, bar.close
+    def close() -> None:
+        for b in reversed(bars):
+            b.close()
+
+    return update, close
 
 
 def _analyze_one(base_text: str | None, tuned_text: str, args, masks_dir: Path | None) -> dict:
@@ -207,12 +223,23 @@ def summary_table(result: dict) -> str:
     share = s["ulp"]["one_step_share"]
     if share is not None:
         lines.append(f"\n{100 * share:.1f}% of changed elements moved exactly one representable step")
-    if s["rank"]["mean"] is not None:
-        lines.append(f"mean update rank {100 * s['rank']['mean']:.1f}% of full over {s['rank']['matrices']} matrices")
+    lines += rank_lines(s["rank"])
     lines += geometry_lines(s.get("geometry") or {})
     for warning in result["warnings"]:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
+
+
+def rank_lines(rank: dict) -> list[str]:
+    """Both update ranks (metrics.md "Update rank"): the study's float32 rule first, as the study's."""
+    if rank.get("mean") is None:
+        return []
+    f64 = rank.get("f64") or {}
+    lines = ["", f"update rank over {rank['matrices']} matrices   {'mean':>7}  {'weighted':>8}",
+             f"  study (float32 matrix_rank)  {100 * rank['mean']:>6.1f}%  {100 * (rank['weighted_mean'] or 0):>7.1f}%"]
+    if f64.get("mean") is not None:
+        lines.append(f"  float64 numerical rank       {100 * f64['mean']:>6.1f}%  {100 * (f64['weighted_mean'] or 0):>7.1f}%")
+    return lines
 
 
 def geometry_lines(g: dict) -> list[str]:
