@@ -192,7 +192,8 @@ class Kernel:
             base = base.to(compare_dtype)  # round to nearest even, as metrics.md says
         if tuned.dtype != compare_dtype:
             tuned = tuned.to(compare_dtype)
-        stats = self._measure(base, tuned, compare_dtype, cols, want_rank)
+        # with geometry, the SVD phase takes Delta from geometry's rows: no third copy kept
+        stats = self._measure(base, tuned, compare_dtype, cols, want_rank and not want_geometry)
         if want_geometry and cols:  # a copy: the source may reuse or unmap its buffers after release
             stats.geometry_rows = tuple(x.to("cpu", torch.float32, copy=True).view(-1, cols) for x in (base, tuned))
         return stats

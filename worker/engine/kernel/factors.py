@@ -8,8 +8,9 @@ them the expensive way (~3x an eigendecomposition of the r x r Gram matrix here)
     V_k = Q's top k_max columns, sigma = sqrt(lambda), U_k = orth(W V_k)
 
 Accuracy, provable from the float64 error bounds (Weyl, and the Davis-Kahan gap bound):
-- each lambda_i is within b = 2 (p ||W||_F^2 + r lambda_1) eps64 of the truth (p = max(m, n):
-  forming G; r lambda_1: a backward-stable eigensolver), so sigma_i within b / sigma_i;
+- W holds float32 values (the pass's rows), so G is formed from exact products in blocked sums
+  (spectra.gram) and each lambda_i is within b = spectra.gram_error_bound of the truth
+  (forming G and a backward-stable eigensolver), so sigma_i within b / sigma_i;
 - orth(W V_k) by a QR keeps the nested spans span(U_j), j <= k_max, which are all that the
   energies and principal angles read, and is orthonormal to eps64 whatever sigma_k is;
 - the subspaces are as well defined as the singular gaps allow, as with the SVD itself.
@@ -22,35 +23,44 @@ from __future__ import annotations
 
 import torch
 
-EPS64 = 2.0 ** -52
+from worker.engine.kernel.spectra import gram, gram_error_bound
+
+ROWS = 4096  # rows converted to float64 at a time
 MIN_SIGMA_RATIO = 1e-4
 DRIFT_ABS = 1e-7  # bound on what the singular values' error can move ||sigma~ - sigma|| / ||sigma||
 
 
 def top_factors(w: torch.Tensor, kmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """(U_k (m, kmax), sigma (r,) descending, V_k^T (kmax, n)) of float64 w, or None where not provably accurate."""
+    """(U_k (m, kmax), sigma (r,) descending, V_k^T (kmax, n)), float64, of w (float32 values, any float
+    dtype), or None where not provably accurate. No float64 copy of w is made."""
     m, n = w.shape
     r = min(m, n)
     if r == 0 or kmax < 1:
         return None
-    g = w.T @ w if m >= n else w @ w.T  # (r, r)
+    device = w.device
+    g, fro2 = gram(lambda: iter([w]), (m, n), device)  # (r, r), blocked sums of exact products
     lam, q = torch.linalg.eigh(g)  # ascending
     del g
     lam = lam.flip(0)
     lam1 = float(lam[0])
     if lam1 <= 0:
         return None
-    bound = 2.0 * (max(m, n) * float(lam.clamp(min=0).sum()) + r * lam1) * EPS64
+    # float32 values: exact products (the pass's rows always are; a float64 caller's may not be)
+    exact = w.dtype != torch.float64 or bool((w.to(torch.float32).to(torch.float64) == w).all())
+    bound = gram_error_bound((m, n), fro2, lam1, exact_products=exact)
     if float(lam[kmax - 1]) < (MIN_SIGMA_RATIO ** 2) * lam1 or float(lam[-1]) <= bound:
         return None
     sigma = lam.clamp(min=0).sqrt()
     err = bound / (lam - bound).sqrt()  # |sigma^_i - sigma_i| <= b / sqrt(lambda^_i - b)
     if 2.0 * float(torch.linalg.vector_norm(err)) / float(torch.linalg.vector_norm(sigma)) > DRIFT_ABS:
         return None
-    top = q[:, -kmax:].flip(1)  # (r, kmax): the largest first
-    other = w @ top if m >= n else w.T @ top  # (m, kmax) or (n, kmax): W V_k = U_k S_k (or W^T U_k = V_k S_k)
+    top = q[:, -kmax:].flip(1).contiguous()  # (r, kmax): the largest first
+    if m >= n:  # W V_k = U_k S_k, row block by row block
+        other = torch.cat([w[s:s + ROWS].to(torch.float64) @ top for s in range(0, m, ROWS)])  # (m, kmax)
+    else:  # W^T U_k = V_k S_k, summed over row blocks
+        other = sum(w[s:s + ROWS].to(torch.float64).T @ top[s:s + ROWS] for s in range(0, m, ROWS))  # (n, kmax)
     other, rr = torch.linalg.qr(other)
-    other = other * torch.sign(rr.diagonal())  # U_k's columns point as W V_k's do (sign kept, span unchanged)
+    other = other * torch.sign(rr.diagonal())  # columns point as W V_k's do (sign kept, span unchanged)
     if m >= n:
         return other, sigma, top.T.contiguous()
     return top, sigma, other.T.contiguous()

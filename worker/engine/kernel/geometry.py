@@ -42,6 +42,7 @@ SPECTRUM_DIGITS = 7  # significant digits kept of a stored singular value
 # Largest matrix (elements) whose geometry is computed: 2^28 (a 16k x 16k layer, 2 GiB in float64)
 # keeps every transformer block's matrices of a 70B model in and leaves out 100k+-row embeddings.
 MAX_ELEMENTS = 1 << 28
+ROWS = 4096  # rows of Delta taken to float64 at a time
 
 
 def ks(m: int, n: int) -> list[int]:
@@ -87,33 +88,46 @@ def geometry(base: torch.Tensor, tuned: torch.Tensor, device: torch.device | str
              delta_sigma: torch.Tensor | None = None, reference: bool = False) -> dict | None:
     """The geometry record of one matrix (see the module docstring); None for non-finite weights.
 
+    base, tuned: (m, n) holding float32 values (the pass's rows); no float64 copy of either is made
+    on the fast path.
+
     `delta_sigma`: Delta's float64 singular values when already computed (the update ranks');
     `reference`: full float64 SVDs, no shortcut (what the tests hold the fast path to).
     """
     started = time.perf_counter()
-    w = base.to(device=device, dtype=torch.float64)  # (m, n)
-    wt = tuned.to(device=device, dtype=torch.float64)  # (m, n)
-    if not (bool(torch.isfinite(w).all()) and bool(torch.isfinite(wt).all())):
+    base, tuned = base.to(device), tuned.to(device)
+    if not (bool(torch.isfinite(base).all()) and bool(torch.isfinite(tuned).all())):
         return None
-    m, n = w.shape
-    delta = wt - w
+    m, n = base.shape
     k_list = ks(m, n)
     kmax = k_list[-1]
-    fast = None if reference else (top_factors(w, kmax), top_factors(wt, kmax))
+    fast = None if reference else (top_factors(base, kmax), top_factors(tuned, kmax))
     if fast is not None and fast[0] is not None and fast[1] is not None:
         (u, s, vh), (ut, st, vht) = fast  # u (m, kmax), s (r,), vh (kmax, n)
-    else:
-        u, s, vh = torch.linalg.svd(w, full_matrices=False)  # u (m, r), s (r,), vh (r, n)
-        ut, st, vht = torch.linalg.svd(wt, full_matrices=False)
+    else:  # the reference: full float64 SVDs
+        u, s, vh = torch.linalg.svd(base.to(torch.float64), full_matrices=False)  # u (m, r), s (r,), vh (r, n)
+        ut, st, vht = torch.linalg.svd(tuned.to(torch.float64), full_matrices=False)
         u, vh, ut, vht = u[:, :kmax], vh[:kmax], ut[:, :kmax], vht[:kmax]
-    sd = delta_sigma.to(torch.float64).cpu() if delta_sigma is not None else torch.linalg.svdvals(delta).cpu()
 
-    fro2 = float(delta.square().sum())
+    # Delta in float64 a row block at a time: (base, tuned) hold float32 values, their difference is exact in float64
+    def delta_blocks():
+        for a in range(0, m, ROWS):
+            yield a, tuned[a:a + ROWS].to(torch.float64) - base[a:a + ROWS].to(torch.float64)
+
+    if delta_sigma is not None:
+        sd = delta_sigma.to(torch.float64).cpu()
+    else:
+        sd = torch.linalg.svdvals(torch.cat([d for _, d in delta_blocks()])).cpu()
+    fro2 = 0.0
+    left_rows = torch.zeros(kmax, n, dtype=torch.float64, device=device)  # U_k^T Delta
+    right_cols = torch.zeros(kmax, dtype=torch.float64, device=device)  # column energies of Delta V_k
+    for a, d in delta_blocks():
+        fro2 += float(d.square().sum())
+        left_rows += u[a:a + ROWS].T @ d
+        right_cols += (d @ vh.T).square().sum(dim=0)
     energy: dict[str, list[float | None]]
     if fro2 > 0:
-        left_rows = (u.T @ delta)  # (kmax, n)
         two = (left_rows @ vh.T).square()  # (kmax, kmax)
-        right_cols = (delta @ vh.T).square().sum(dim=0)  # (kmax,)
         left_cum = left_rows.square().sum(dim=1).cumsum(0)
         right_cum = right_cols.cumsum(0)
         # two-sided(k) = sum of the k x k block: a 2-D prefix sum read on its diagonal

@@ -9,12 +9,12 @@ Definitions ("Update rank" in ../shared/design/metrics.md), for Delta (m x n), p
 One values-only float64 spectrum serves the float64 rank, the study's rank (where it provably
 gives the same count) and geometry's stable and effective rank:
 
-1. Gram eigenvalues: G = Delta^T Delta (the smaller side, accumulated in float64 row block by
-   row block, so no float64 copy of Delta), lambda = eigvalsh(G), sigma = sqrt(lambda). Forming G
-   errs by at most p eps64 ||Delta||_F^2 (elementwise |fl(G) - G| <= gamma_p |Delta|^T |Delta|)
+1. Gram eigenvalues: G = Delta^T Delta (the smaller side, accumulated in float64 block by
+   block, so no float64 copy of Delta), lambda = eigvalsh(G), sigma = sqrt(lambda). Forming G
+   errs by at most (B + p / B) eps64 ||Delta||_F^2 (blocked sums of exact products, `gram`)
    and a backward-stable eigensolver by r eps64 ||G||_2 (r = min(m, n)), so each lambda is
-   within b = (p ||Delta||_F^2 + r sigma_1^2) eps64 (x2 for the second-order terms) of the
-   truth (Weyl). This is used only when every sigma_i is provably above the float64 rank
+   within b = ((B + p / B) ||Delta||_F^2 + r sigma_1^2) eps64 (x2 for the second-order terms)
+   of the truth (Weyl). This is used only when every sigma_i is provably above the float64 rank
    threshold (lambda_i - b > threshold^2): the matrix is then full rank in float64, and its
    sigma_i err by at most b / sigma_i. A genuinely full-rank finetuning update is the
    common case; Gram costs ~1/5 of a float32 SVD.
@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable
 
 import torch
 
 EPS32 = 2.0 ** -23  # torch.finfo(torch.float32).eps: matrix_rank's default rtol is max(m, n) * eps
 EPS64 = 2.0 ** -52
 STUDY_GROWTH = 8.0
-GRAM_BLOCK = 4096  # rows of Delta converted to float64 at a time while forming G
+GRAM_BLOCK = 256  # length of each stretch of G's sums computed as one product (see gram)
 
 
 def thresholds(shape: tuple[int, int], sigma_max: float) -> tuple[float, float]:
@@ -48,50 +49,77 @@ def thresholds(shape: tuple[int, int], sigma_max: float) -> tuple[float, float]:
     return sigma_max * p * EPS32, sigma_max * p * EPS64
 
 
-def _rows(delta: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
-    return [delta] if isinstance(delta, torch.Tensor) else list(delta)
+Blocks = Callable[[], Iterable[torch.Tensor]]  # yields Delta's float32 row blocks in order, each time it is called
 
 
-def _gram(rows: list[torch.Tensor], n: int, device) -> tuple[torch.Tensor, float, bool]:
-    """(G of the smaller side in float64, ||Delta||_F^2, transposed), Delta given as row blocks (., n)."""
-    m = sum(r.shape[0] for r in rows)
-    if m >= n:  # G = Delta^T Delta (n x n), row block by row block
-        g = torch.zeros(n, n, dtype=torch.float64, device=device)
-        for r in rows:
-            for s in range(0, r.shape[0], GRAM_BLOCK):
-                b = r[s:s + GRAM_BLOCK].to(device=device, dtype=torch.float64)
-                g.addmm_(b.T, b)
-        transposed = False
-    else:  # G = Delta Delta^T (m x m): m < n, so Delta in float64 is smaller than G's other side
-        d = torch.cat([r.to(device=device, dtype=torch.float64) for r in rows])
-        g = d @ d.T
-        transposed = True
-    return g, float(g.diagonal().sum()), transposed
+def _blocks(delta) -> tuple[Blocks, tuple[int, int]]:
+    rows = [delta] if isinstance(delta, torch.Tensor) else list(delta)
+    return (lambda: iter(rows)), (sum(r.shape[0] for r in rows), rows[0].shape[1])
 
 
-def delta_spectrum(delta: torch.Tensor | list[torch.Tensor], device: torch.device | str = "cpu",
-                   want_study: bool = True) -> dict:
-    """Ranks and singular values of Delta (float32, finite; given whole or as row blocks in order).
+def whole(blocks: Blocks) -> torch.Tensor:
+    rows = list(blocks())
+    return torch.cat(rows) if len(rows) > 1 else rows[0]
+
+
+def gram(blocks: Blocks, shape: tuple[int, int], device) -> tuple[torch.Tensor, float]:
+    """(G of the smaller side in float64, ||Delta||_F^2) of a float32 matrix given as row blocks.
+
+    A product of two float32 numbers is exact in float64, so G errs only by its sums. Each
+    GRAM_BLOCK-long stretch of the sum is a fresh product (error <= B eps |.|, whatever order the
+    BLAS adds in) and the stretches are added one by one (<= (p / B) eps |.|): every entry of G
+    is within (B + p / B) eps (|Delta|^T |Delta|) of the truth, not p eps as one long product."""
+    m, n = shape
+    wide = m < n  # G = Delta Delta^T (m x m), its sums run along the rows
+    side = m if wide else n
+    g = torch.zeros(side, side, dtype=torch.float64, device=device)
+    part = torch.empty_like(g)
+    if wide:
+        d = whole(blocks)
+        stretches = (d[:, s:s + GRAM_BLOCK] for s in range(0, n, GRAM_BLOCK))
+    else:
+        stretches = (r[s:s + GRAM_BLOCK] for r in blocks() for s in range(0, r.shape[0], GRAM_BLOCK))
+    for b in stretches:
+        b = b.to(device=device, dtype=torch.float64)
+        if wide:
+            torch.mm(b, b.T, out=part)
+        else:
+            torch.mm(b.T, b, out=part)
+        g += part
+    return g, float(g.diagonal().sum())
+
+
+def gram_error_bound(shape: tuple[int, int], fro2: float, lam1: float, exact_products: bool = True) -> float:
+    """What the eigenvalues of `gram`'s G (by a backward-stable eigensolver) can be off by, at most
+    (Weyl): forming G (B + p / B) eps ||Delta||_F^2 (p eps when the entries are wider than float32,
+    so that their products round too), the solver r eps ||G||_2; x2 for second order."""
+    p, r = max(shape), min(shape)
+    sums = GRAM_BLOCK + math.ceil(p / GRAM_BLOCK) if exact_products else p + 1
+    return 2.0 * (sums * fro2 + r * max(lam1, 0.0)) * EPS64
+
+
+def delta_spectrum(delta: torch.Tensor | list[torch.Tensor] | Blocks, device: torch.device | str = "cpu",
+                   want_study: bool = True, shape: tuple[int, int] | None = None) -> dict:
+    """Ranks and singular values of Delta (float32; given whole, as a list of row blocks in order, or
+    as a callable yielding them, with `shape`: then no whole copy is made unless a fallback needs one).
 
     Returns {"rank": study rank or None, "rank_f64", "sigma" (float64, descending, on the CPU),
     "values": "gram" | "svd64", "study": "reused" | "svd32" | None, "seconds"}.
     """
     started = time.perf_counter()
-    rows = _rows(delta)
-    n = rows[0].shape[1]
-    m = sum(r.shape[0] for r in rows)
-    shape = (m, n)
+    blocks, shape = (delta, shape) if callable(delta) else _blocks(delta)
+    m, n = shape
     r = min(m, n)
     out = {"rank": None, "rank_f64": 0, "sigma": torch.zeros(r, dtype=torch.float64), "values": "gram",
            "study": None}
     sigma = err = None
     if r:
-        g, fro2, _ = _gram(rows, n, device)
+        g, fro2 = gram(blocks, shape, device)
         finite = math.isfinite(fro2)  # near-float32-max entries (non-finite updates) overflow G
         lam = torch.linalg.eigvalsh(g).flip(0) if finite else None  # descending
         del g
         lam1 = float(lam[0]) if finite else math.inf
-        bound = 2.0 * (max(m, n) * fro2 + r * max(lam1, 0.0)) * EPS64
+        bound = gram_error_bound(shape, fro2, lam1)
         if finite and lam1 > bound:
             _, thr64 = thresholds(shape, math.sqrt(lam1 + bound))  # an upper bound on the threshold
             if float(lam[-1]) - bound > thr64 ** 2:
@@ -99,8 +127,7 @@ def delta_spectrum(delta: torch.Tensor | list[torch.Tensor], device: torch.devic
                 # |sigma^ - sigma| <= b / (sigma^ + sigma) <= b / sqrt(lambda^ - b)
                 err = bound / (lam.cpu() - bound).sqrt()
         if sigma is None:
-            d = torch.cat(rows) if len(rows) > 1 else rows[0]
-            sigma = torch.linalg.svdvals(d.to(device=device, dtype=torch.float64)).cpu()
+            sigma = torch.linalg.svdvals(whole(blocks).to(device=device, dtype=torch.float64)).cpu()
             # a backward-stable float64 SVD: r sigma_1 eps64 (far below every float32 margin)
             err = torch.full_like(sigma, 4.0 * math.sqrt(max(m, n)) * float(sigma[0]) * EPS64)
             out["values"] = "svd64"
@@ -114,8 +141,7 @@ def delta_spectrum(delta: torch.Tensor | list[torch.Tensor], device: torch.devic
             # the float32 threshold moves with float32's sigma_1 too (by at most p eps32 margin)
             near = (sigma - thr32).abs() <= margin + err + thr32 * margin / smax
             if bool(near.any()):
-                d = torch.cat(rows) if len(rows) > 1 else rows[0]
-                out["rank"] = int(torch.linalg.matrix_rank(d.to(device=device, dtype=torch.float32)))
+                out["rank"] = int(torch.linalg.matrix_rank(whole(blocks).to(device=device, dtype=torch.float32)))
                 out["study"] = "svd32"
             else:
                 out["rank"] = int((sigma > thr32).sum())

@@ -24,17 +24,27 @@ from worker.engine.kernel.geometry import geometry
 from worker.engine.kernel.spectra import delta_spectrum
 
 
+def _delta(base: torch.Tensor, tuned: torch.Tensor) -> torch.Tensor:
+    """Delta as the pass keeps it for the ranks: equal values (infinities too) 0, non-finite made finite."""
+    d = tuned - base
+    if not bool(torch.isfinite(d).all()):
+        d = torch.nan_to_num(torch.where(tuned == base, 0.0, d))
+    return d
+
+
 def finish_svds(acc, device: torch.device | str) -> dict:
     """Record fields of one matrix's rank and geometry (acc: a TensorAccumulator that wanted them)."""
     out: dict = {}
-    rows = acc.rank_rows
-    if not rows and acc.want_geometry:  # geometry alone: Delta from the rows geometry keeps
-        rows = [t - b for b, t in acc.geometry_rows]  # float32, correctly rounded like the pass's
-    spec = None
-    if rows:
-        spec = delta_spectrum(rows, device, want_study=acc.want_rank)
-        rows.clear()
-        acc.rank_rows.clear()
+    m, n = acc.shape
+    pairs = acc.geometry_rows  # (base, tuned) float32 row blocks when geometry is wanted
+    if pairs:  # Delta from them, a block at a time (correctly rounded like the pass's own rows)
+        spec = delta_spectrum(lambda: (_delta(b, t) for b, t in pairs), device, want_study=acc.want_rank,
+                              shape=(m, n))
+    elif acc.rank_rows:
+        spec = delta_spectrum(acc.rank_rows, device, want_study=acc.want_rank)
+    else:
+        spec = None
+    acc.rank_rows.clear()
     if acc.want_rank and spec is not None:
         r = min(acc.shape)
         out.update(rank=spec["rank"], rank_ratio=spec["rank"] / r, rank_f64=spec["rank_f64"],
