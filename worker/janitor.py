@@ -23,7 +23,7 @@ from rq.exceptions import StopRequested
 
 from app.core.queues import enqueue_analysis
 from app.core.settings import Settings
-from app.core.store import JANITOR_LOCK, Store, connect
+from app.core.store import Store, connect
 from app.core.training_runs import sweep as sweep_training_runs
 from worker.fanout import sweep as sweep_fanouts
 
@@ -69,7 +69,7 @@ class Janitor(threading.Thread):
 
     def tick(self) -> None:
         self.store.announce_worker(self.worker_name, PRESENCE_TTL_S)
-        if not self.store.r.set(JANITOR_LOCK, self.worker_name, nx=True, ex=max(1, int(JANITOR_EVERY_S))):
+        if not self.store.take_janitor_lock(self.worker_name, max(1, int(JANITOR_EVERY_S))):
             return
         for aid in self.store.orphans():
             if self.store.requeue(aid):

@@ -28,7 +28,7 @@ from rq.timeouts import JobTimeoutException
 
 from app.core.artifacts import artifact_store
 from app.core.settings import get_settings
-from app.core.store import ALIVE_REFRESH_S, DONE, FAILED, QUEUED, Store, connect, lost_runs_error
+from app.core.store import ALIVE_REFRESH_S, DONE, FAILED, QUEUED, Store, connect, lost_attempts_error
 from app.core.token_seal import unseal
 from worker import fanout
 from worker.engine import AnalysisOptions, EngineError, SourceSpec, analyze, open_source, overlap, parse_source
@@ -77,7 +77,7 @@ class _Heartbeat:
     def _loop(self) -> None:
         while not self._stop.wait(ALIVE_REFRESH_S):
             try:
-                if not self.store.refresh_run(self.aid, self.owner):
+                if not self.store.refresh_attempt(self.aid, self.owner):
                     self.lost = True
                     return
             except Exception:  # Redis blip: the next beat tries again
@@ -109,7 +109,7 @@ def run_analysis(analysis_id: str) -> str:
     worker_name = (job.worker_name if job is not None else None) or socket.gethostname()
     resume = {rec["name"]: rec for rec in map(json.loads, store.partial(analysis_id))}
     initial = json.loads(raw.get("progress") or "null") or {}
-    if not store.start_run(analysis_id, owner, worker_name, initial):
+    if not store.start_attempt(analysis_id, owner, worker_name, initial):
         log.info("analysis %s is already being run elsewhere; this job stops", analysis_id)
         return "duplicate"
     log.info("analysis %s: run started (%d finished tensors to resume)", analysis_id, len(resume))
@@ -128,10 +128,10 @@ def run_analysis(analysis_id: str) -> str:
         retries_left = getattr(job, "retries_left", None) if job is not None else None
         if e.code == "transient" and retries_left:
             log.warning("analysis %s: transient error, retrying (%s left): %s", analysis_id, retries_left, e.message)
-            store.finish_run(analysis_id, QUEUED, error=e.to_dict(), keep_partial=True, drop_token=False)
+            store.finish_attempt(analysis_id, QUEUED, error=e.to_dict(), keep_partial=True, drop_token=False)
             raise
         log.info("analysis %s failed: [%s] %s", analysis_id, e.code, e.message)
-        store.finish_run(analysis_id, FAILED, error=e.to_dict(), keep_partial=True)
+        store.finish_attempt(analysis_id, FAILED, error=e.to_dict(), keep_partial=True)
         return FAILED
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
         # Redis went away mid-run: nothing can be recorded now. The run key expires, and
@@ -140,7 +140,7 @@ def run_analysis(analysis_id: str) -> str:
         raise
     except JobTimeoutException:
         timeout = getattr(job, "timeout", None)
-        store.finish_run(analysis_id, FAILED, keep_partial=True, error={
+        store.finish_attempt(analysis_id, FAILED, keep_partial=True, error={
             "code": "timeout",
             "message": f"The analysis ran longer than its time limit ({timeout} s) and was stopped; "
                        "finished tensors are kept, so retrying continues where it stopped.",
@@ -148,12 +148,12 @@ def run_analysis(analysis_id: str) -> str:
         return FAILED
     except Exception:
         log.exception("analysis %s: internal error", analysis_id)
-        store.finish_run(analysis_id, FAILED, keep_partial=True, error={
+        store.finish_attempt(analysis_id, FAILED, keep_partial=True, error={
             "code": "internal", "message": INTERNAL_MESSAGE.replace("{id}", analysis_id)})
         return FAILED
     if fan_out:
         return "fanned_out"  # the groups and the reduce finish it
-    store.finish_run(analysis_id, DONE, result=result)
+    store.finish_attempt(analysis_id, DONE, result=result)
     log.info("analysis %s done", analysis_id)
     _training_runs_may_reduce(store, settings, analysis_id)
     return DONE
@@ -284,7 +284,7 @@ def run_group(analysis_id: str, k: int) -> str:
     claimed = store.start_group(analysis_id, k, owner, worker_name)
     if claimed == -1:
         log.warning("analysis %s: group %d died too often; the analysis fails", analysis_id, k)
-        return _fanout_failed(store, analysis_id, json.loads(lost_runs_error(analysis_id)))
+        return _fanout_failed(store, analysis_id, json.loads(lost_attempts_error(analysis_id)))
     if not claimed:
         log.info("analysis %s: group %d is done or being run elsewhere; this job stops", analysis_id, k)
         return "duplicate"
@@ -292,7 +292,7 @@ def run_group(analysis_id: str, k: int) -> str:
     resume = {rec["name"]: rec for rec in map(json.loads, store.partial(analysis_id)) if rec["name"] in wanted}
     log.info("analysis %s: group %d/%d: run started (%d finished tensors to resume)", analysis_id, k, len(groups),
              len(resume))
-    beat_store = types.SimpleNamespace(refresh_run=lambda aid, who: store.refresh_group(aid, k, who))
+    beat_store = types.SimpleNamespace(refresh_attempt=lambda aid, who: store.refresh_group(aid, k, who))
     request = json.loads(raw["request"])
     try:
         with _Heartbeat(beat_store, analysis_id, owner) as beat:
@@ -355,7 +355,7 @@ def reduce_fanout(analysis_id: str) -> str:
         return "duplicate"
     log.info("analysis %s: reduce of %d groups started", analysis_id, len(groups))
     store.sum_group_progress(analysis_id, len(groups), current=f"merging {len(groups)} groups")
-    beat_store = types.SimpleNamespace(refresh_run=store.refresh_fanout_reduce)
+    beat_store = types.SimpleNamespace(refresh_attempt=store.refresh_fanout_reduce)
     request = json.loads(raw["request"])
     artifacts = artifact_store(settings)
     try:
@@ -415,7 +415,7 @@ def reduce_fanout(analysis_id: str) -> str:
     runs = [int(s["runs"] or 0) for s in states]
     store.set_fields(analysis_id, fanout={"groups": len(groups), "bytes": [g["bytes"] for g in groups], "runs": runs,
                                           "workers": [s["worker"] for s in states]})
-    store.finish_run(analysis_id, DONE, result=result)
+    store.finish_attempt(analysis_id, DONE, result=result)
     store.end_fanout(analysis_id, len(groups))
     log.info("analysis %s done (%d groups, runs per group %s)", analysis_id, len(groups), runs)
     _training_runs_may_reduce(store, settings, analysis_id)
@@ -477,7 +477,7 @@ def run_dynamics(run_id: str) -> str:
     if not store.start_reduce(run_id, owner):
         log.info("training run %s is not ready or already being reduced; this job stops", run_id)
         return "duplicate"
-    beat_store = types.SimpleNamespace(refresh_run=store.refresh_reduce)  # _Heartbeat on the run's own key
+    beat_store = types.SimpleNamespace(refresh_attempt=store.refresh_reduce)  # _Heartbeat on the run's own key
     try:
         with _Heartbeat(beat_store, run_id, owner) as beat:
             def progress(done: int, total: int) -> None:

@@ -177,7 +177,7 @@ def test_finished_analysis_is_never_reflagged(svc, big_pair):
 
 def test_analysis_whose_worker_keeps_dying_ends_failed_with_a_clear_reason(svc, big_pair):
     """A run killed every time (a checkpoint that brings the OOM killer) is failed after a bound, not looped."""
-    from app.core.store import MAX_LOST_RUNS
+    from app.core.store import MAX_LOST_ATTEMPTS
 
     aid = start_big(svc, big_pair, 1.5e-5)
     killed: list[int] = []
@@ -189,7 +189,7 @@ def test_analysis_whose_worker_keeps_dying_ends_failed_with_a_clear_reason(svc, 
         horse = run_holder(svc, aid)
         return horse if horse is not None and horse.pid not in killed else None
 
-    while len(killed) <= MAX_LOST_RUNS + 1:
+    while len(killed) <= MAX_LOST_ATTEMPTS + 1:
         seen = wait_until(next_run, 120, f"run {len(killed) + 1} of {aid} to start")
         if isinstance(seen, dict):
             break
@@ -198,10 +198,10 @@ def test_analysis_whose_worker_keeps_dying_ends_failed_with_a_clear_reason(svc, 
     kills = len(killed)
     final = wait_for(svc.client, aid, timeout=120)
     assert final["status"] == "failed", f"still {final['status']} after {kills} killed runs"
-    assert kills == MAX_LOST_RUNS, kills
+    assert kills == MAX_LOST_ATTEMPTS, kills
     assert final["error"]["code"] == "worker_lost", final["error"]
     message = final["error"]["message"].lower()
-    assert "died" in message and str(MAX_LOST_RUNS) in message and "retry" in message, message
+    assert "died" in message and str(MAX_LOST_ATTEMPTS) in message and "retry" in message, message
     assert final["result"] is None
     # It stays failed: nothing picks it up again behind the user's back.
     wait_idle(svc)
