@@ -44,7 +44,8 @@ def run_analysis(analysis_id: str) -> str:
     if not store.start_attempt(aid, ctx.owner, ctx.worker_name, json.loads(raw.get("progress") or "null") or {}):
         log.info("analysis %s is already being run elsewhere; this job stops", aid)
         return DUPLICATE
-    log.info("analysis %s: attempt started (%d finished tensors to resume)", aid, len(resume))
+    # "run started": the log line tests and operators grep for (an attempt, in the store's words).
+    log.info("analysis %s: run started (%d finished tensors to resume)", aid, len(resume))
     fan_out = fanout.wanted(ctx.settings, raw, json.loads(raw["request"]))
 
     def work() -> str:
@@ -128,7 +129,7 @@ def run_group(analysis_id: str, k: int) -> str:
         log.info("analysis %s: group %d is done or being run elsewhere; this job stops", aid, k)
         return DUPLICATE
     resume = ctx.resume_records(aid, only=set(names))
-    log.info("analysis %s: group %d/%d: attempt started (%d finished tensors to resume)", aid, k, len(groups),
+    log.info("analysis %s: group %d/%d: run started (%d finished tensors to resume)", aid, k, len(groups),
              len(resume))
 
     def work() -> str:
