@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 
-from app.core.store.base import ALIVE_TTL_S, DONE, MAX_LOST_ATTEMPTS, PREFIX, RUNNING, Keyed, dumps, enc
+from app.core.store.base import ALIVE_TTL_S, MAX_LOST_ATTEMPTS, PREFIX, RUNNING, Keyed, KeyTemplate, dumps, enc
 from app.core.store.tokens import token_key
 
 RECENT = f"{PREFIX}:analyses"  # zset id -> created_at
@@ -24,17 +24,10 @@ RUNNING_SET = f"{PREFIX}:running"  # ids whose status is running, for the janito
 ATTEMPTS_STARTED = f"{PREFIX}:stats:analysis_runs_started"
 
 
-def analysis_key(analysis_id: str) -> str:
-    return f"{PREFIX}:analysis:{analysis_id}"
-
-
-def tensors_key(analysis_id: str) -> str:
-    """Finished tensor records of an attempt in progress, in order: the partial result and the resume state."""
-    return f"{analysis_key(analysis_id)}:tensors"
-
-
-def alive_key(analysis_id: str) -> str:
-    return f"{analysis_key(analysis_id)}:alive"
+analysis_key = KeyTemplate("analysis")  # the record: one hash
+# Finished tensor records of an attempt in progress, in order: the partial result and the resume state.
+tensors_key = analysis_key.beside("tensors")
+alive_key = analysis_key.beside("alive")  # held (expiring) by the attempt at work
 
 
 def lost_attempts_error(analysis_id: str) -> str:
@@ -89,19 +82,9 @@ class Analyses(Keyed):
         return [b.decode() for b in self.r.lrange(tensors_key(analysis_id), 0, -1)]
 
     def recent(self, offset: int, limit: int) -> tuple[int, list[dict[str, str]]]:
-        ids = [i.decode() for i in self.r.zrevrange(RECENT, offset, offset + limit - 1)]
         fields = ("id", "status", "created_at", "updated_at", "request", "summary")
-        with self.r.pipeline() as p:
-            for i in ids:
-                p.hmget(analysis_key(i), *fields)
-            rows = p.execute()
-            total = self.r.zcard(RECENT)
-        items = []
-        for row in rows:
-            if row[0] is None:
-                continue
-            items.append({f: (v.decode() if v is not None else None) for f, v in zip(fields, row)})
-        return total, items
+        total, rows = self._newest(RECENT, analysis_key, fields, offset, limit)
+        return total, [{f: (v.decode() if v is not None else None) for f, v in zip(fields, row)} for row in rows]
 
     def analysis_states(self, analysis_ids: list[str]) -> dict[str, tuple[dict[str, str] | None, bool]]:
         """id -> (fields that say how it goes, or None when absent; whether its attempt key is alive)."""
@@ -145,17 +128,9 @@ class Analyses(Keyed):
     def finish_attempt(self, analysis_id: str, status: str, *, result: dict | None = None,
                        error: dict | None = None, keep_partial: bool = False, drop_token: bool = True) -> None:
         """End an attempt in one transaction: status, result or error, and release of the claim."""
-        now = repr(time.time())
-        fields = {"status": status, "updated_at": now, "ended_at": now}
-        if result is not None:
-            fields["result"] = dumps(result)
-            fields["summary"] = dumps(brief_summary(result))
-        if error is not None:
-            fields["error"] = json.dumps(error)
+        summary = {"summary": dumps(brief_summary(result))} if result is not None else {}
         with self.r.pipeline() as p:
-            p.hset(analysis_key(analysis_id), mapping=fields)
-            if status == DONE:
-                p.hdel(analysis_key(analysis_id), "error")
+            self._end(p, analysis_key(analysis_id), status, result, error, **summary)
             p.srem(RUNNING_SET, analysis_id)
             if not keep_partial:
                 p.delete(tensors_key(analysis_id))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from collections.abc import Callable
 from importlib.resources import files
 from weakref import WeakKeyDictionary
 
@@ -24,6 +26,21 @@ QUEUED, RUNNING, FAILED, DONE = "queued", "running", "failed", "done"
 # memory, Redis lost) before the work is failed instead of resumed once more: a checkpoint that kills
 # every worker must not loop forever.
 MAX_LOST_ATTEMPTS = 3
+
+
+class KeyTemplate:
+    """A noun's one key template: `subnetscope:<noun>:<id>` (its record), and the keys beside it,
+    `subnetscope:<noun>:<id>:<suffix>...` (its liveness, parts, ...)."""
+
+    def __init__(self, noun: str):
+        self.prefix = f"{PREFIX}:{noun}:"
+
+    def __call__(self, id_: str, *suffix: object) -> str:
+        return self.prefix + ":".join((id_, *map(str, suffix)))
+
+    def beside(self, *suffix: str) -> Callable[[str], str]:
+        """The key `<id>:<suffix>` as a function of the id."""
+        return lambda id_: self(id_, *suffix)
 
 
 def connect(url: str) -> redis.Redis:
@@ -47,6 +64,32 @@ class Keyed:
         if scripts is None:
             scripts = _REGISTERED[self.r] = {n: self.r.register_script(src) for n, src in _SOURCES.items()}
         return scripts[name](keys=keys, args=args)
+
+    def _newest(self, recent: str, key: Callable[[str], str], fields: tuple[str, ...], offset: int,
+                limit: int) -> tuple[int, list[list[bytes | None]]]:
+        """Newest first from a recent zset: (total, the `fields` of each record still there, raw)."""
+        ids = [i.decode() for i in self.r.zrevrange(recent, offset, offset + limit - 1)]
+        with self.r.pipeline() as p:
+            for i in ids:
+                p.hmget(key(i), *fields)
+            rows = p.execute()
+            total = self.r.zcard(recent)
+        return total, [row for row in rows if row[0] is not None]
+
+    @staticmethod
+    def _end(p: redis.client.Pipeline, key: str, status: str, result: dict | None, error: dict | None,
+             **extra: str) -> None:
+        """Queue on `p` the fields that end a record: its status, when, its result (JSON without NaN) or
+        error, and `extra`; a record done at last loses the error of an earlier attempt."""
+        now = repr(time.time())
+        fields = {"status": status, "updated_at": now, "ended_at": now, **extra}
+        if result is not None:
+            fields["result"] = dumps(result)
+        if error is not None:
+            fields["error"] = json.dumps(error)
+        p.hset(key, mapping=fields)
+        if status == DONE:
+            p.hdel(key, "error")
 
     def _hash(self, key: str) -> dict[str, str] | None:
         raw = self.r.hgetall(key)

@@ -20,26 +20,19 @@ GROUP_PROGRESS_FIELDS = ("status", "tensors_done", "tensors_total", "bytes_done"
                          "current")
 
 
-def groups_key(analysis_id: str) -> str:
-    """The analysis's split (JSON list of {"names": [...], "bytes": n}), fixed once written."""
-    return f"{analysis_key(analysis_id)}:groups"
+# The analysis's split (JSON list of {"names": [...], "bytes": n}), fixed once written.
+groups_key = analysis_key.beside("groups")
+groups_done_key = analysis_key.beside("groups_done")  # set of group indices
+reduce_alive_key = analysis_key.beside("reduce", "alive")
 
 
 def group_key(analysis_id: str, k: int) -> str:
     """One group's state: status queued|running|done, runs, lost, worker, progress, bytes_read."""
-    return f"{analysis_key(analysis_id)}:group:{k}"
+    return analysis_key(analysis_id, "group", k)
 
 
 def group_alive_key(analysis_id: str, k: int) -> str:
-    return f"{group_key(analysis_id, k)}:alive"
-
-
-def groups_done_key(analysis_id: str) -> str:
-    return f"{analysis_key(analysis_id)}:groups_done"  # set of group indices
-
-
-def reduce_alive_key(analysis_id: str) -> str:
-    return f"{analysis_key(analysis_id)}:reduce:alive"
+    return analysis_key(analysis_id, "group", k, "alive")
 
 
 class FanOutGroups(Analyses):

@@ -6,13 +6,12 @@ import json
 import time
 from collections.abc import Iterable
 
-from app.core.store.base import PREFIX, Keyed, dumps
+from app.core.store.base import PREFIX, Keyed, KeyTemplate, dumps
 
 RECENT_OVERLAPS = f"{PREFIX}:overlaps"  # zset id -> created_at
 
 
-def overlap_key(overlap_id: str) -> str:
-    return f"{PREFIX}:overlap:{overlap_id}"
+overlap_key = KeyTemplate("overlap")
 
 
 class Overlaps(Keyed):

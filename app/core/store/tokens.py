@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from app.core.store.base import PREFIX, Keyed
+from app.core.store.base import Keyed, KeyTemplate
 
-
-def token_key(analysis_id: str) -> str:
-    return f"{PREFIX}:token:{analysis_id}"
+token_key = KeyTemplate("token")  # per analysis
 
 
 class Tokens(Keyed):

@@ -9,24 +9,15 @@ import time
 from collections.abc import Iterable
 
 from app.core.store.analyses import analysis_key
-from app.core.store.base import ALIVE_TTL_S, DONE, MAX_LOST_ATTEMPTS, PREFIX, Keyed, dumps
+from app.core.store.base import ALIVE_TTL_S, MAX_LOST_ATTEMPTS, PREFIX, Keyed, KeyTemplate
 
 RECENT_TRAINING_RUNS = f"{PREFIX}:training_runs"  # zset id -> created_at
 PENDING_TRAINING_RUNS = f"{PREFIX}:training_runs:pending"  # runs whose reduce has not finished
 
 
-def training_run_key(run_id: str) -> str:
-    return f"{PREFIX}:training_run:{run_id}"
-
-
-def training_run_alive_key(run_id: str) -> str:
-    """Held (expiring) by the worker reducing the run: how a dead reducer is noticed."""
-    return f"{training_run_key(run_id)}:alive"
-
-
-def waiting_runs_key(analysis_id: str) -> str:
-    """Training runs that wait for this analysis (set of run ids)."""
-    return f"{analysis_key(analysis_id)}:training_runs"
+training_run_key = KeyTemplate("training_run")  # the record: one hash
+training_run_alive_key = training_run_key.beside("alive")  # held (expiring) by the worker reducing the run
+waiting_runs_key = analysis_key.beside("training_runs")  # per analysis: the runs waiting for it (set of ids)
 
 
 class TrainingRuns(Keyed):
@@ -43,15 +34,9 @@ class TrainingRuns(Keyed):
 
     def recent_training_runs(self, offset: int, limit: int) -> tuple[int, list[dict[str, str]]]:
         """Newest first: (total, records without their result, which can be large)."""
-        ids = [i.decode() for i in self.r.zrevrange(RECENT_TRAINING_RUNS, offset, offset + limit - 1)]
         fields = ("id", "status", "created_at", "updated_at", "request", "error")
-        with self.r.pipeline() as p:
-            for i in ids:
-                p.hmget(training_run_key(i), *fields)
-            rows = p.execute()
-            total = self.r.zcard(RECENT_TRAINING_RUNS)
-        items = [{f: v.decode() for f, v in zip(fields, row) if v is not None} for row in rows if row[0] is not None]
-        return total, items
+        total, rows = self._newest(RECENT_TRAINING_RUNS, training_run_key, fields, offset, limit)
+        return total, [{f: v.decode() for f, v in zip(fields, row) if v is not None} for row in rows]
 
     def drop_training_run(self, run_id: str) -> None:
         with self.r.pipeline() as p:
@@ -99,16 +84,8 @@ class TrainingRuns(Keyed):
 
     def finish_reduce(self, run_id: str, status: str, *, result: dict | None = None,
                       error: dict | None = None) -> None:
-        now = repr(time.time())
-        fields = {"status": status, "updated_at": now, "ended_at": now}
-        if result is not None:
-            fields["result"] = dumps(result)
-        if error is not None:
-            fields["error"] = json.dumps(error)
         with self.r.pipeline() as p:
-            p.hset(training_run_key(run_id), mapping=fields)
-            if status == DONE:
-                p.hdel(training_run_key(run_id), "error")
+            self._end(p, training_run_key(run_id), status, result, error)
             p.srem(PENDING_TRAINING_RUNS, run_id)
             p.delete(training_run_alive_key(run_id))
             p.execute()

@@ -5,15 +5,10 @@ from __future__ import annotations
 
 import time
 
-from app.core.store.base import PREFIX, Keyed
+from app.core.store.base import PREFIX, Keyed, KeyTemplate
 
-WORKER_PRESENCE = f"{PREFIX}:worker:"  # + worker name
-
-
-def presence_key(name: str) -> str:
-    return WORKER_PRESENCE + name
-
-
+presence_key = KeyTemplate("worker")  # per worker name
+WORKER_PRESENCE = presence_key.prefix
 JANITOR_LOCK = f"{PREFIX}:janitor"  # held for one sweep by one worker's janitor
 
 
