@@ -13,7 +13,8 @@ from worker.engine.analysis import (
 )
 from worker.engine.checkpoints.lora import LoraMergedSource
 from worker.engine.checkpoints.open import open_pair, open_source
-from worker.engine.checkpoints.sources import Piece, Source, SourceSpec, parse_source
+from worker.engine.checkpoints.sources import Piece, Source
+from worker.engine.checkpoints.spec import SourceSpec, parse_source
 from worker.engine.errors import EngineError
 from worker.engine.kernel.accumulator import CURVE_TOLERANCES, EXACT_TOLERANCES, tolerance_key
 from worker.engine.masks import load_masks
