@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import redis
 
+from worker.engine.tolerance import tolerance_key
+
 PREFIX = "subnetscope"
 
 # A run holds this key while it works; its expiry is how a dead worker is noticed.
@@ -779,7 +781,7 @@ class Store(TrainingRuns, FanOut):
 def brief_summary(result: dict) -> dict:
     """What the recent-analyses list shows, without the whole result."""
     summary = result.get("summary") or {}
-    tol = repr(float((result.get("options") or {}).get("tolerance", 1e-5)))
+    tol = tolerance_key((result.get("options") or {}).get("tolerance", 1e-5))
     return {
         "base": result.get("base"),
         "tuned": result.get("tuned"),
