@@ -17,6 +17,7 @@ import time
 
 from app.core.store.base import ALIVE_TTL_S, MAX_LOST_ATTEMPTS, PREFIX, RUNNING, Keyed, KeyTemplate, dumps, enc
 from app.core.store.tokens import token_key
+from worker.engine.tolerance import tolerance_key
 
 RECENT = f"{PREFIX}:analyses"  # zset id -> created_at
 RUNNING_SET = f"{PREFIX}:running"  # ids whose status is running, for the janitor
@@ -40,7 +41,7 @@ def lost_attempts_error(analysis_id: str) -> str:
 def brief_summary(result: dict) -> dict:
     """What the recent-analyses list shows, without the whole result."""
     summary = result.get("summary") or {}
-    tol = repr(float((result.get("options") or {}).get("tolerance", 1e-5)))
+    tol = tolerance_key((result.get("options") or {}).get("tolerance", 1e-5))
     return {
         "base": result.get("base"),
         "tuned": result.get("tuned"),
