@@ -153,8 +153,15 @@ def pair_label(result_or_request: Mapping) -> str:
 
 
 def mean_rank(result: Mapping) -> float | None:
+    """The study's figure: unweighted mean of float32 matrix_rank(Delta) / min(m, n) over matrices."""
     rank = (result.get("summary") or {}).get("rank") or {}
     return rank.get("mean")
+
+
+def mean_rank_f64(result: Mapping) -> float | None:
+    """The same mean of the float64 numerical rank (metrics.md); None for results from before it was kept."""
+    rank = (result.get("summary") or {}).get("rank") or {}
+    return (rank.get("f64") or {}).get("mean")
 
 
 def stack_labels(stacks) -> dict:
@@ -221,6 +228,7 @@ def tensor_rows(tensors: Sequence[Mapping], t: float, curve_tolerances: Sequence
             "ratio": _sig(rec.get("ratio")),
             "max_abs_delta": _sig(rec.get("max_abs_delta")),
             "rank_ratio": _round(rec.get("rank_ratio"), 4),
+            "rank_f64_ratio": _round(rec.get("rank_f64_ratio"), 4),
             "added": rec.get("added") or 0,
         })
     return rows

@@ -220,41 +220,6 @@ def ulp_histogram(result: Mapping) -> go.Figure:
     return layout(fig, title=title, height=320)
 
 
-def rank_chart(result: Mapping) -> go.Figure:
-    """rank(Δ)/min(m, n) of every 2-D tensor with a computed rank, by layer and module."""
-    rows = [r for r in result.get("tensors") or [] if r.get("rank_ratio") is not None]
-    if not rows:
-        mode = ((result.get("summary") or {}).get("rank") or {}).get("mode", "off")
-        return empty(f"Update rank not computed (rank mode: {mode}). "
-                     "Submit with rank 'sampled' or 'all' to see it.")
-    modules = _module_order({r.get("module") for r in rows})
-    keys = sorted({(r.get("stack"), r["layer"]) for r in rows if r.get("layer") is not None},
-                  key=lambda k: (k[0] or "", k[1]))
-    where = dict(zip(keys, N.layer_names(keys)))
-    fig = go.Figure()
-    palette = ["#2563eb", "#d97706", "#059669", "#dc2626", "#7c3aed", "#0891b2", "#be185d",
-               "#65a30d", "#475569"]
-    for i, m in enumerate(modules):
-        sel = [r for r in rows if (r.get("module") or "(other)") == m]
-        fig.add_trace(go.Scatter(
-            x=[where.get((r.get("stack"), r.get("layer")), "outside") for r in sel],
-            y=[100 * r["rank_ratio"] for r in sel], mode="markers", name=m,
-            marker=dict(size=8, color=palette[i % len(palette)], opacity=0.85),
-            text=[f"{r['name']}<br>rank {r.get('rank')} of {min(r['shape']) if r.get('shape') else '?'}"
-                  for r in sel],
-            hovertemplate="%{text}<br>%{y:.1f} % of full rank<extra></extra>",
-        ))
-    rank = (result.get("summary") or {}).get("rank") or {}
-    if rank.get("mean") is not None:
-        fig.add_hline(y=100 * rank["mean"], line=dict(color=MUTED, dash="dash"),
-                      annotation_text=f"mean {100 * rank['mean']:.1f} %",
-                      annotation_position="bottom right")
-    fig.update_xaxes(title_text="layer", type="category", categoryorder="array",
-                     categoryarray=[*where.values(), "outside"])
-    fig.update_yaxes(title_text="rank(Δ) / min(m, n)  (%)", range=[0, 105])
-    return layout(fig, height=340, legend=dict(orientation="h", y=-0.25))
-
-
 # ---- update geometry ---------------------------------------------------------
 
 GEOMETRY_SIDES = (("two_sided", "two-sided  ‖U_kᵀΔV_k‖²", ACCENT), ("left", "left  ‖U_kᵀΔ‖²", "#059669"),

@@ -15,6 +15,7 @@ from dash.exceptions import PreventUpdate
 from .. import numbers as N
 from ..apiclient import ApiError, message
 from ..figures import analysis as F
+from ..figures import rank as FR
 from ..figures import theme as T
 from .picker import label
 from .shell import badge, card, notice, stat
@@ -161,12 +162,29 @@ def progress_text(analysis: dict) -> list:
         bits.append(f" · {N.fmt_bytes(p['bytes_per_s'])}/s")
     if p.get("eta_s") is not None:
         bits.append(f" · ETA {N.fmt_seconds(p['eta_s'])}")
+    bits += svd_progress_bits(p)
     groups = p.get("groups")
     if groups:  # fanned out over the workers (README, "Many workers")
         bits.append(f" · groups: {groups['done']} of {groups['total']} done, {groups['running']} running")
     if p.get("current"):
         bits += [" · ", html.Code(p["current"])]
     return bits
+
+
+def svd_progress_bits(p: dict) -> list:
+    """The SVD phase (rank, geometry): its estimate from the shapes until it has its own ETA."""
+    total = p.get("svd_matrices_total")
+    if not total:
+        return []
+    done = p.get("svd_matrices_done") or 0
+    if p.get("svd_eta_s") is not None and done < total:
+        return [f" · SVDs {done} / {total} matrices, ETA {N.fmt_seconds(p['svd_eta_s'])}"]
+    if done >= total:
+        return [f" · SVDs of all {total} matrices done"]
+    est = p.get("svd_estimate_s")
+    if est is not None:
+        return [f" · rank of {total} matrices: about {N.fmt_seconds(est)} on this worker"]
+    return [f" · SVDs {done} / {total} matrices"]
 
 
 def progress_fraction(analysis: dict) -> float:
@@ -214,9 +232,15 @@ def cards(result: dict, t: float):
                 else N.fmt_pct(rank["mean"], 1))
     rank_sub = None
     if rank.get("mean") is not None:
-        rank_sub = f"unweighted mean over {rank.get('matrices', '?')} matrices"
+        rank_sub = f"the study's rule (float32 matrix_rank), unweighted mean over {rank.get('matrices', '?')} matrices"
         if rank.get("weighted_mean") is not None:
             rank_sub += f"; element-weighted {N.fmt_pct(rank['weighted_mean'], 1)}"
+        f64 = rank.get("f64") or {}
+        if f64.get("mean") is not None:
+            rank_sub = html.Span([rank_sub, html.Br(), "float64 numerical rank ",
+                                  html.B(N.fmt_pct(f64["mean"], 1), id="stat-rank-f64"),
+                                  f" (weighted {N.fmt_pct(f64['weighted_mean'], 1)})"
+                                  if f64.get("weighted_mean") is not None else ""])
     return [
         stat(f"Update sparsity at t = {N.fmt_tol(t)}", html.Span(approx + N.fmt_pct(s), id="stat-sparsity"),
              ref_sub or ("exact count" if exact else "interpolated between exact counts"),
@@ -310,8 +334,25 @@ TABLE_COLUMNS = [
     ("changed", "changed at t", "numeric"), ("sparsity", "sparsity %", "numeric"),
     ("exact_changed", "changed at 0", "numeric"), ("row_coverage", "row cov.", "numeric"),
     ("col_coverage", "col cov.", "numeric"), ("ratio", "‖Δ‖/‖W‖", "numeric"),
-    ("max_abs_delta", "max |Δ|", "numeric"), ("rank_ratio", "rank ratio", "numeric"),
+    ("max_abs_delta", "max |Δ|", "numeric"), ("rank_ratio", "rank ratio (study, f32)", "numeric"),
+    ("rank_f64_ratio", "rank ratio (float64)", "numeric"),
 ]
+
+
+def rank_note(result: dict):
+    """Which rank is the study's, and where the float64 rank reads higher."""
+    gap = FR.rank_gap(result)
+    text = ["Filled markers: the study's rank, float32 torch.linalg.matrix_rank(Δ) with its default "
+            "tolerance (σ > σ₁ · max(m, n) · 2⁻²³). Open diamonds: the float64 numerical rank "
+            "(σ > σ₁ · max(m, n) · 2⁻⁵²). "]
+    if gap["matrices"] and gap["lower"]:
+        text.append(html.Span(f"The float32 rule reads {gap['lower']} of {gap['matrices']} matrices below their "
+                              f"float64 rank (by up to {gap['max_gap']}, e.g. {gap['example']}): singular "
+                              "values in a long tail under float32's threshold, not a low-rank update.",
+                              id="rank-gap"))
+    elif gap["matrices"]:
+        text.append(html.Span(f"Both rules agree on all {gap['matrices']} matrices.", id="rank-gap"))
+    return html.P(text, className="muted small")
 
 
 def tensor_table(result: dict, t: float):
@@ -350,7 +391,7 @@ def tab_content(result: dict, tab: str, t: float, metric: str):
                        "exceeds t = 1e-5: small tolerances only matter for near-zero weights.",
                        className="muted small")]
     if tab == "rank":
-        return [g(F.rank_chart(result), "fig-rank")]
+        return [g(FR.rank_chart(result), "fig-rank"), rank_note(result)]
     if tab == "geometry":
         return geometry_content(result, g)
     return [html.Div(className="two-col", children=[

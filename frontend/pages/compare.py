@@ -48,7 +48,11 @@ def numbers_table(ids: list[str], analyses: list, t: float):
     cols = [x for x in N.EXACT_TOLERANCES]
     head = [html.Th("Pair"), html.Th("Elements", className="num")] + [
         html.Th(N.fmt_tol(x), className="num" + (" col-current" if x == t else "")) for x in cols] + [
-        html.Th("Study (1e-5)", className="num"), html.Th("Mean rank", className="num"),
+        html.Th("Study (1e-5)", className="num"),
+        html.Th("Mean rank (study)", className="num", title="the study's rule: float32 torch.linalg.matrix_rank(Δ) "
+                "/ min(m, n), unweighted mean over matrices"),
+        html.Th("Mean rank (float64)", className="num", title="numerical rank in float64: singular values above "
+                "σ₁ · max(m, n) · 2⁻⁵², unweighted mean over matrices"),
         html.Th("Principal energy 5 %", className="num", title="two-sided share of ‖Δ‖² in the base's top 5 % "
                 "singular subspaces (random baseline in brackets), element-weighted"),
         html.Th("Rotation U / V", className="num", title="mean sin of the principal angles at k = 5 %"),
@@ -58,7 +62,7 @@ def numbers_table(ids: list[str], analyses: list, t: float):
         if isinstance(a, Exception) or not (a.get("result")):
             why = message(a) if isinstance(a, Exception) else f"status: {a.get('status')}"
             rows.append(html.Tr([html.Td(html.A(aid, href=f"/a/{aid}")),
-                                 html.Td(why, colSpan=len(cols) + 6, className="muted")]))
+                                 html.Td(why, colSpan=len(cols) + 7, className="muted")]))
             continue
         r = a["result"]
         summary = r.get("summary") or {}
@@ -72,6 +76,8 @@ def numbers_table(ids: list[str], analyses: list, t: float):
             html.Td(N.fmt_int(summary.get("numel")), className="num"), *cells,
             html.Td(f"{ref:.2f} %" if ref is not None else "–", className="num ref"),
             html.Td(N.fmt_pct(N.mean_rank(r), 1) if N.mean_rank(r) is not None else "–", className="num"),
+            html.Td(N.fmt_pct(N.mean_rank_f64(r), 1) if N.mean_rank_f64(r) is not None else "–",
+                    className="num rank-f64"),
             *geometry_cells(r),
         ], **{"data-id": aid}))
     return html.Div(className="table-scroll", children=html.Table(

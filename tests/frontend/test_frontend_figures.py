@@ -12,6 +12,7 @@ from frontend import numbers as N
 from frontend.figures import analysis as FA
 from frontend.figures import compare as FC
 from frontend.figures import overlap as FO
+from frontend.figures import rank as FR
 from frontend.figures import venn as V
 
 
@@ -113,10 +114,19 @@ def test_ulp_histogram_counts_every_changed_element(demo_results):
 
 
 def test_rank_chart_with_and_without_rank(demo_results):
-    with_rank = FA.rank_chart(demo_results["rl_a"])
-    points = sum(len(tr.x) for tr in with_rank.data)
-    assert points == demo_results["rl_a"]["summary"]["rank"]["matrices"]
-    without = FA.rank_chart(demo_results["sft"])
+    r = demo_results["rl_a"]
+    with_rank = FR.rank_chart(r)
+    for ratio, kind in (("rank_ratio", "study"), ("rank_f64_ratio", "f64")):
+        traces = [tr for tr in with_rank.data if tr.meta == ratio]
+        assert sum(len(tr.x) for tr in traces) == r["summary"]["rank"][kind]["matrices"] > 0
+        want = sorted(100 * t[ratio] for t in r["tensors"] if t.get(ratio) is not None)
+        assert sorted(y for tr in traces for y in tr.y) == pytest.approx(want)
+    study_names = {tr.name for tr in with_rank.data if tr.meta == "rank_ratio"}
+    assert all(name.endswith("study (float32)") for name in study_names)  # labelled as the study's
+    gap = FR.rank_gap(r)
+    assert gap["matrices"] == r["summary"]["rank"]["f64"]["matrices"]
+    assert gap["lower"] == sum(1 for t in r["tensors"] if t.get("rank_f64") is not None and t["rank"] < t["rank_f64"])
+    without = FR.rank_chart(demo_results["sft"])
     assert not without.data and "not computed" in _annotation_texts(without)
 
 
@@ -190,7 +200,7 @@ def test_compare_bars_and_the_study_reference(demo_results):
     lambda: FA.layer_module_heatmap([], None, 1e-5),
     lambda: FA.layer_bars([], None, 1e-5),
     lambda: FA.ulp_histogram({"summary": {"ulp": None}}),
-    lambda: FA.rank_chart({"summary": {"rank": None}, "tensors": []}),
+    lambda: FR.rank_chart({"summary": {"rank": None}, "tensors": []}),
     lambda: FO.venn({"labels": ["a", "b"], "a_changed": 0, "b_changed": 0, "both": 0}),
     lambda: FO.overlap_layer_heatmap({}),
     lambda: FC.compare_bars([], 1e-5),
