@@ -8,9 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from worker.engine import AnalysisOptions, analyze, open_source, parse_source
+from worker.engine import AnalysisOptions, analyze, open_source, parse_source, plan_analysis
 from worker.engine.kernel import factors, spectra
 from worker.engine.kernel import geometry as G
+from worker.engine.svd_estimate import estimate
 
 
 def _with_spectrum(m: int, n: int, s: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -140,9 +141,17 @@ def test_analyze_reports_both_ranks_per_matrix_layer_module_and_model(tmp_path):
     for side, tensors in (("b", base), ("t", tuned)):
         (tmp_path / side).mkdir()
         save_file(tensors, str(tmp_path / side / "model.safetensors"))
+    seen = []
     with open_source(parse_source(str(tmp_path / "b"), allow_any_path=True)) as sb, \
             open_source(parse_source(str(tmp_path / "t"), allow_any_path=True)) as st:
-        result = analyze(sb, st, AnalysisOptions(rank="all", device="cpu"))
+        options = AnalysisOptions(rank="all", device="cpu")
+        before = estimate(plan_analysis(sb, st, options), options)  # what the service says at submission
+        result = analyze(sb, st, options, on_progress=lambda p: seen.append(
+            (p.svd_matrices_done, p.svd_matrices_total, p.svd_done, p.svd_total)))
+    assert before["matrices"] == 2 and before["seconds"] > 0
+    assert seen[0][1] == 2 and seen[0][3] > 0  # the SVD phase's size is known before it starts
+    assert seen[-1][0] == seen[-1][1] == 2 and seen[-1][2] == pytest.approx(seen[-1][3])  # and ends complete
+    assert [d for d, *_ in seen] == sorted(d for d, *_ in seen)
     recs = {r["layer"]: r for r in result["tensors"] if len(r["shape"]) == 2}
     for layer, rec in recs.items():
         d = (torch.from_numpy(tuned[rec["name"]].double().numpy()) - base[rec["name"]].double()).float()

@@ -349,11 +349,13 @@ def analyze_part(
         record = tensor_record(pair, stats)
         records[pair.name] = record
         progress.tensors_done += 1
+        if on_tensor:
+            on_tensor(record)
         if svd_cost_of.get(pair.name):
             progress.svd_done += svd_cost_of[pair.name]
             progress.svd_matrices_done += 1
-        if on_tensor:
-            on_tensor(record)
+            if on_progress:  # the SVD bar moves as its matrices finish, also after the pass has read the last byte
+                on_progress(progress)
 
     def showing(pair: Pair) -> None:
         progress.current = f"geometry {pair.name}"  # the CLI shows "SVDs of <name>"

@@ -18,4 +18,4 @@ def estimate(plan: Plan, options: AnalysisOptions) -> dict:
               for p in plan.pairing.pairs]
     chosen = [c for c in chosen if c[1] or c[2]]
     n = cores()
-    return {"matrices": len(chosen), "seconds": round(svd_cost.seconds(chosen, n), 1) if chosen else 0.0, "cores": n}
+    return {"matrices": len(chosen), "seconds": round(svd_cost.seconds(chosen, n), 3) if chosen else 0.0, "cores": n}
