@@ -83,6 +83,12 @@ def test_submit_demo_pair_through_the_form(page, svc, shot):
         assert _int(cells.nth(1).inner_text()) == summary["changed"][repr(float(t))]
     page.wait_for_selector("#fig-curve .main-svg")
     shot(page, "analysis-overview")
+    # both ranks: the study's on the card, the float64 one beside it, labelled
+    assert _pct(page.inner_text("#stat-rank")) == pytest.approx(100 * summary["rank"]["mean"], abs=0.06)
+    assert _pct(page.inner_text("#stat-rank-f64")) == pytest.approx(100 * summary["rank"]["f64"]["mean"], abs=0.06)
+    page.get_by_text("Rank", exact=True).click()
+    page.wait_for_selector("#fig-rank .main-svg")
+    assert "study (float32)" in page.inner_text("#fig-rank") and page.locator("#rank-gap").count() == 1
     # the home page lists it, linked to its permalink
     page.goto("/")
     link = page.locator(f'#recent tr[data-id="{analysis_id}"] a')
@@ -193,6 +199,8 @@ def test_compare_page(page, svc, shot):
         assert _int(cells.nth(1).inner_text()) == body["result"]["summary"]["numel"]
         assert _pct(cells.nth(6).inner_text()) == pytest.approx(
             100 * body["result"]["summary"]["sparsity"]["1e-05"], abs=0.006)
+    head = page.inner_text("#compare-table thead")
+    assert "Mean rank (study)" in head and "Mean rank (float64)" in head
     page.wait_for_selector("#cmp-fig .main-svg")
     assert parse_qs(urlparse(page.url).query)["ids"] == [ids]
     shot(page, "compare")
