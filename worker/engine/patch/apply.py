@@ -48,26 +48,26 @@ def check_base(base: Source, reader: PatchReader, *, progress: Callable[[int, in
     made_label = f"{made.get('id')} (sha {str(made.get('sha'))[:12]})"
     relied = [r for r in reader.manifest["tensors"] if r["base"] is not None]
     for r in relied:
-        have = base.tensors.get(r["name"])
         want = r["base"]
+        have = base.tensors.get(want["name"])
         if have is None:
-            raise EngineError("incompatible", f"Wrong base: tensor {r['name']} is missing from it; this patch "
+            raise EngineError("incompatible", f"Wrong base: tensor {want['name']} is missing from it; this patch "
                                               f"was made against {made_label}.")
         if have.dtype != want["dtype"] or list(have.shape) != want["shape"]:
-            raise EngineError("incompatible", f"Wrong base: tensor {r['name']} is {have.dtype} {list(have.shape)} "
+            raise EngineError("incompatible", f"Wrong base: tensor {want['name']} is {have.dtype} {list(have.shape)} "
                                               f"there, {want['dtype']} {want['shape']} in the base this patch was "
                                               f"made against ({made_label}).")
-    total = sum(base.tensors[r["name"]].nbytes for r in relied)
+    total = sum(base.tensors[r["base"]["name"]].nbytes for r in relied)
     done = 0
     for r in relied:
-        info = base.tensors[r["name"]]
+        info = base.tensors[r["base"]["name"]]
         h = blake3.blake3()
         pieces = _pieces(info.name, info.numel, 0)
         for piece, value in base.iter_pieces(pieces):
             h.update(bits(value, info).view(np.uint8))
             base.release(piece)
         if h.hexdigest() != r["base"]["blake3"]:
-            raise EngineError("incompatible", f"Wrong base: tensor {r['name']} differs from the one this patch was "
+            raise EngineError("incompatible", f"Wrong base: tensor {info.name} differs from the one this patch was "
                                               f"made against ({made_label}); its content digest does not match.")
         done += info.nbytes
         if progress is not None:
@@ -111,7 +111,7 @@ def apply_patch(base: Source, patch: Path | str, out_dir: Path | str, *,
             _fsync_dir(out_dir.parent)
         except OSError as exc:
             shutil.rmtree(partial, ignore_errors=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise EngineError("disk_full", f"Disk full while writing {out_dir.name}; nothing was left "
                                                "behind. Free space and apply again.") from None
             raise
@@ -190,9 +190,9 @@ def _tensor_blocks(base: Source, reader: PatchReader, r: dict):
     chunks = r["chunks"]
     if sum(c[0] for c in chunks) != t.numel or sum(c[2] + c[3] for c in chunks) != len(payload):
         raise EngineError("malformed", f"Patch record of {r['name']} does not add up; the patch is corrupted.")
-    b = base.tensors[r["name"]] if r["base"] is not None else None
+    b = base.tensors[r["base"]["name"]] if r["base"] is not None else None
     common = r["common"]
-    b_pieces = [p for p in _pieces(r["name"], b.numel, common) if p.stop <= common] if b is not None else []
+    b_pieces = [p for p in _pieces(b.name, b.numel, common) if p.stop <= common] if b is not None else []
     base_iter = base.iter_pieces(b_pieces) if b_pieces else iter(())
     at = start = 0
     try:

@@ -28,6 +28,7 @@ from worker.engine.checkpoints.layout import PICKLE_SUFFIXES, SAFETENSORS, is_in
 from worker.engine.checkpoints.safetensors_format import RAW_INT, TensorInfo, header_length
 from worker.engine.checkpoints.sources import SMALL_FILE_LIMIT, Piece, Source
 from worker.engine.errors import EngineError
+from worker.engine.pairing.names import match_names
 from worker.engine.patch import codec
 from worker.engine.patch.format import PatchWriter
 
@@ -45,7 +46,7 @@ class TensorPlan:
         t, b = self.tuned, self.base
         return {"name": t.name, "file": t.file, "dtype": t.dtype, "shape": list(t.shape), "offset": t.offset,
                 "nbytes": t.nbytes, "cast": self.cast, "common": self.common,
-                "base": None if b is None else {"dtype": b.dtype, "shape": list(b.shape)}}
+                "base": None if b is None else {"name": b.name, "dtype": b.dtype, "shape": list(b.shape)}}
 
 
 def plan_tensor(tuned: TensorInfo, base: TensorInfo | None) -> TensorPlan:
@@ -162,8 +163,9 @@ def export_patch(base: Source, tuned: Source, out: Path | str, *,
         carried = carried_files(tuned)
         for path, data in carried.items():
             writer.add(f"f/{path}", codec.compress(data))
+        partner = base_names(base, tuned)
         for info in order:
-            plan = plan_tensor(info, base.tensors.get(info.name))
+            plan = plan_tensor(info, base.tensors.get(partner.get(info.name, info.name)))
             record = plan.record()
             writer.begin(f"t/{info.name}")
             chunks, changed, base_digest = _export_tensor(plan, base, tuned, writer, file_hash[info.file])
@@ -191,6 +193,12 @@ def export_patch(base: Source, tuned: Source, out: Path | str, *,
     tuned_bytes = manifest["tuned_bytes"]
     return {"patch_bytes": size, "tuned_bytes": tuned_bytes, "share": size / tuned_bytes if tuned_bytes else 0.0,
             "changed": changed_total, "tensors": len(records), "seconds": time.perf_counter() - started}
+
+
+def base_names(base: Source, tuned: Source) -> dict[str, str]:
+    """tuned name -> base name where a one-sided prefix differs (pairing/names.py); others match as they are."""
+    match = match_names(base.tensors, tuned.tensors)
+    return {t: b for b, t in match.common.values() if b != t and t not in base.tensors}
 
 
 def _export_tensor(plan: TensorPlan, base: Source, tuned: Source, writer: PatchWriter, file_hash) -> tuple:
