@@ -196,3 +196,39 @@ def test_a_killed_apply_leaves_nothing_the_next_one_keeps(pair, tmp_path):
         apply_patch(b, patch, tmp_path / "out")
     assert not stale.exists()
     _same_tree(tuned, tmp_path / "out")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from worker.demo.synthetic import write_demo
+
+    return write_demo(tmp_path_factory.mktemp("demo") / "demo", trained=False)
+
+
+@pytest.mark.parametrize("tuned", ["sft", "rl_a", "resized"])
+def test_the_estimate_in_every_analysis_is_within_ten_percent(demo, tmp_path, tuned):
+    from worker.engine import AnalysisOptions, analyze
+
+    with _src(demo["base"]) as b, _src(demo[tuned]) as t:
+        estimate = analyze(b, t, AnalysisOptions(tolerance=1e-5))["patch"]
+        summary = export_patch(b, t, tmp_path / "p.patch")
+    assert abs(estimate["bytes"] - summary["patch_bytes"]) <= 0.1 * summary["patch_bytes"], (estimate, summary)
+    assert estimate["share"] == pytest.approx(estimate["bytes"] / estimate["tuned_bytes"])
+    with _src(demo["base"]) as b:
+        apply_patch(b, tmp_path / "p.patch", tmp_path / "out")
+    _same_tree(demo[tuned], tmp_path / "out")
+
+
+@pytest.mark.parametrize("prefix, what", [("_orig_mod.", "torch.compile"), ("module.", "DistributedDataParallel")])
+def test_wrapper_prefixes_are_named(tmp_path, prefix, what):
+    from worker.engine.pairing.pairs import pair_tensors
+
+    tensors = {f"model.layers.{i}.w": torch.ones(2, 2) for i in range(3)}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    save_file(tensors, tmp_path / "a" / "model.safetensors")
+    save_file({prefix + k: v for k, v in tensors.items()}, tmp_path / "b" / "model.safetensors")
+    with _src(tmp_path / "a") as a, _src(tmp_path / "b") as b:
+        warnings = pair_tensors(a, b).warnings
+    assert any(what in w and prefix in w for w in warnings), warnings
+    assert not any("bare model" in w for w in warnings)

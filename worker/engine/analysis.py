@@ -27,6 +27,7 @@ from worker.engine.kernel import geometry as geo
 from worker.engine.kernel.accumulator import CURVE_TOLERANCES, EXACT_TOLERANCES, ULP_BUCKETS, Kernel, tolerance_key
 from worker.engine.pairing.location import layer_order, locate, name_order
 from worker.engine.pairing.pairs import Pair, Pairing, check_compatible, pair_tensors
+from worker.engine.patch.estimate import estimate as estimate_patch
 from worker.engine.reference import reference_for
 
 ENGINE_VERSION = "0.2.0"
@@ -408,6 +409,7 @@ def finish(base: Source, tuned: Source, options: AnalysisOptions, records: Mappi
     result = build_result(base, tuned, options, ordered, pairing.unmatched, pairing.warnings)
     result["summary"].update(bytes_read=bytes_read, seconds=round(seconds, 3),
                              device=pick_device(options.device).type)
+    result["patch"] = estimate_patch(result, tuned.total_bytes)
     if masks_dir is not None:
         mask_files.assemble(
             masks_dir,

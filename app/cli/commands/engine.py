@@ -204,6 +204,12 @@ def summary_table(result: dict) -> str:
     for key, changed in s["changed"].items():
         study = f"  {ref[key]:.2f}%" if key in ref else ""
         lines.append(f"{float(key):>10.0e}  {changed:>14,}  {100 * s['sparsity'][key]:>8.2f}%{study}")
+    if s.get("nan"):
+        lines.append(f"\n{s['nan']:,} NaN elements (NaN in either side) are counted as changed at every tolerance")
+    patch = result.get("patch")
+    if patch and patch.get("share") is not None:
+        lines.append(f"a lossless patch of this update: about {patch['bytes'] / 1e6:,.1f} MB, "
+                     f"{100 * patch['share']:.1f}% of the checkpoint (subnetscope patch export)")
     share = s["ulp"]["one_step_share"]
     if share is not None:
         lines.append(f"\n{100 * share:.1f}% of changed elements moved exactly one representable step")
