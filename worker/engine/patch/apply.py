@@ -61,7 +61,7 @@ def check_base(base: Source, reader: PatchReader, *, progress: Callable[[int, in
     done = 0
     for r in relied:
         info = base.tensors[r["base"]["name"]]
-        h = blake3.blake3()
+        h = blake3.blake3(max_threads=blake3.blake3.AUTO)
         pieces = _pieces(info.name, info.numel, 0)
         for piece, value in base.iter_pieces(pieces):
             h.update(bits(value, info).view(np.uint8))
@@ -152,7 +152,7 @@ def _rebuild(base: Source, reader: PatchReader, partial: Path,
     for entry in m["files"]:
         path = _safe_path(partial, entry["path"])
         path.parent.mkdir(parents=True, exist_ok=True)
-        h = blake3.blake3()
+        h = blake3.blake3(max_threads=blake3.blake3.AUTO)
         with open(path, "wb") as f:
             header = codec.decode_whole(reader.payload(entry["header"]), entry["header_bytes"])
             f.write(header)

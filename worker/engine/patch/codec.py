@@ -74,6 +74,21 @@ def encode_delta(base: np.ndarray, tuned: np.ndarray) -> tuple[int, bytes, bytes
     """(changed count, mask frame, values frame) of `tuned` against `base` (same unsigned dtype).
     No change: (0, b"", b"")."""
     w = base.dtype.itemsize
+    if w == 8:
+        return _encode_numpy(base, tuned)
+    from worker.engine.patch import loops
+
+    mask = np.zeros((base.size + 7) // 8, np.uint8)
+    small = np.empty(base.size, np.uint8)
+    esc = np.empty(base.size, UINT[w])
+    k, e = loops.encode(base, tuned, 8 * w, mask, small, esc)
+    if k == 0:
+        return 0, b"", b""
+    return k, compress(mask), compress(small[:k].tobytes() + _planes(esc[:e], w))
+
+
+def _encode_numpy(base: np.ndarray, tuned: np.ndarray) -> tuple[int, bytes, bytes]:
+    w = base.dtype.itemsize
     changed = base != tuned
     k = int(np.count_nonzero(changed))
     if k == 0:
@@ -91,18 +106,29 @@ def decode_delta(base: np.ndarray, changed_count: int, mask_frame: bytes, values
     out = base.copy()
     if changed_count == 0:
         return out
-    mask = np.unpackbits(np.frombuffer(decompress(mask_frame, (n + 7) // 8), np.uint8), count=n,
-                         bitorder="little").view(bool)
-    if int(np.count_nonzero(mask)) != changed_count:
-        raise ValueError("mask does not hold the recorded number of changes")
+    packed = np.frombuffer(decompress(mask_frame, (n + 7) // 8), np.uint8)
     data = _dctx().decompress(values_frame, max_output_size=changed_count * (w + 1))
     small = np.frombuffer(data, np.uint8, count=changed_count)
-    escaped = small == ESCAPE
-    n_esc = int(np.count_nonzero(escaped))
+    n_esc = int(np.count_nonzero(small == ESCAPE))
     if len(data) != changed_count + n_esc * w:
         raise ValueError("values frame has the wrong size")
+    esc = _unplanes(data[changed_count:], n_esc, w)
+    if w == 8:
+        return _decode_numpy(base, out, packed, small, esc, changed_count)
+    from worker.engine.patch import loops
+
+    if loops.decode(base, 8 * w, packed, small, esc, out) != (changed_count, n_esc):
+        raise ValueError("mask does not hold the recorded number of changes")
+    return out
+
+
+def _decode_numpy(base, out, packed, small, esc, changed_count):
+    w = base.dtype.itemsize
+    mask = np.unpackbits(packed, count=base.size, bitorder="little").view(bool)
+    if int(np.count_nonzero(mask)) != changed_count:
+        raise ValueError("mask does not hold the recorded number of changes")
     zz = small.astype(UINT[w])
-    zz[escaped] = _unplanes(data[changed_count:], n_esc, w)
+    zz[small == ESCAPE] = esc
     u = UINT[w]
     s = (zz >> u(1)) ^ (u(0) - (zz & u(1)))
     out[mask] = _unkey(_key(base[mask], w) + s, w)

@@ -150,7 +150,7 @@ def export_patch(base: Source, tuned: Source, out: Path | str, *,
     out = Path(out)
     order = sorted(tuned.tensors.values(), key=lambda t: (tuned.files.index(t.file), t.offset))
     headers = {f: raw_header(tuned, f) for f in tuned.files}
-    file_hash = {f: blake3.blake3(h) for f, h in headers.items()}
+    file_hash = {f: blake3.blake3(h, max_threads=blake3.blake3.AUTO) for f, h in headers.items()}
     file_size = {f: len(h) for f, h in headers.items()}
     total = sum(t.nbytes for t in order)
     done = 0
@@ -206,7 +206,7 @@ def _export_tensor(plan: TensorPlan, base: Source, tuned: Source, writer: PatchW
     t_pieces = _pieces(t.name, t.numel, plan.common)
     b_pieces = _pieces(b.name, b.numel, plan.common) if b is not None else []
     n_common = sum(1 for p in t_pieces if p.stop <= plan.common)
-    base_hash = blake3.blake3()
+    base_hash = blake3.blake3(max_threads=blake3.blake3.AUTO)
     base_iter = base.iter_pieces(b_pieces) if b_pieces else iter(())
     chunks, changed = [], 0
     for i, (tp, tv) in enumerate(tuned.iter_pieces(t_pieces)):

@@ -27,7 +27,7 @@ VERSION = "1"
 
 
 def digest(data) -> str:
-    return blake3.blake3(data).hexdigest()
+    return blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest()
 
 
 class PatchWriter:
