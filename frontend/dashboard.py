@@ -20,7 +20,7 @@ from fastapi import Request
 from starlette.responses import HTMLResponse, JSONResponse
 
 from .apiclient import Api, ApiError
-from .pages import analysis, compare, home, overlap, run, shell, tensor
+from .pages import analysis, compare, home, overlap, patch_card, run, shell, tensor
 
 ASSETS = Path(__file__).parent / "assets"
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def mount(fastapi_app: Any, settings: Any) -> dash.Dash:
             return f"The API is unreachable: {err}", "banner banner-error"
         return "", "banner hidden"
 
-    for page in (home, analysis, compare, overlap, tensor, run):
+    for page in (home, analysis, patch_card, compare, overlap, tensor, run):
         page.register(app, api)
 
     # Deep links (/a/<id>, /compare, /overlap) must serve the Dash index even

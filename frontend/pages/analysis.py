@@ -16,6 +16,7 @@ from .. import numbers as N
 from ..apiclient import ApiError, message
 from ..figures import analysis as F
 from ..figures import theme as T
+from . import patch_card
 from .picker import label
 from .shell import badge, card, notice, stat
 from .tensor import href as tensor_href
@@ -35,10 +36,8 @@ def view_state(query: dict) -> tuple[float, str, str]:
 
 
 def slider_to_t(v: float | None) -> float:
-    if v is None:
-        return N.DEFAULT_TOLERANCE
-    if v <= SLIDER_ZERO + 1e-9:
-        return 0.0
+    if v is None or v <= SLIDER_ZERO + 1e-9:
+        return N.DEFAULT_TOLERANCE if v is None else 0.0
     return N.snap(10.0 ** v, rel=1e-3)
 
 
@@ -118,6 +117,7 @@ def layout(analysis_id: str, query: dict):
                 html.A("masks (safetensors)", id="dl-masks", href=f"/api/analyses/{analysis_id}/masks",
                        download=f"subnetscope-{analysis_id}-masks.safetensors", className="btn btn-ghost"),
             ]),
+            patch_card.layout(analysis_id),
         ]),
     ])
 
