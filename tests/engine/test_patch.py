@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -232,3 +233,25 @@ def test_wrapper_prefixes_are_named(tmp_path, prefix, what):
         warnings = pair_tensors(a, b).warnings
     assert any(what in w and prefix in w for w in warnings), warnings
     assert not any("bare model" in w for w in warnings)
+
+
+def test_export_from_the_hub_and_apply_onto_a_hub_base(tmp_path, hf_env):
+    """Headers and the index come by range requests; the weights the patch needs, by range reads."""
+    from hubserver import HubServer
+
+    from worker.engine import SourceSpec
+
+    repos = tmp_path / "repos"
+    base, tuned = _pair(tmp_path)
+    shutil.copytree(base, repos / "org" / "base")
+    shutil.copytree(tuned, repos / "org" / "tuned")
+    with HubServer(repos) as server, server.endpoint():
+        def hub(name):
+            return open_source(SourceSpec("hub", f"org/{name}", None, display=f"org/{name}"))
+
+        with hub("base") as b, hub("tuned") as t:
+            export_patch(b, t, tmp_path / "hub.patch")
+        with hub("base") as b:
+            apply_patch(b, tmp_path / "hub.patch", tmp_path / "out")
+    for f in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"):
+        assert (tmp_path / "out" / f).read_bytes() == (tuned / f).read_bytes(), f
