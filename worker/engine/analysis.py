@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 
 from worker.engine import masks as mask_files
+from worker.engine.checkpoints.quantized import quantization_record
 from worker.engine.checkpoints.sources import Piece, Source
 from worker.engine.errors import EngineError
 from worker.engine.kernel import geometry as geo
@@ -343,6 +344,9 @@ def analyze_part(
 
     def finished(pair: Pair, stats: dict) -> None:
         record = _record(pair, stats)
+        quantization = quantization_record(base, tuned, pair.base.name, pair.tuned.name)
+        if quantization:  # fp8 blocks / MXFP4: the formats, and changed scales and codes
+            record["quantization"] = quantization
         records[pair.name] = record
         progress.tensors_done += 1
         if on_tensor:
