@@ -30,7 +30,7 @@ from worker.engine.pairing.location import layer_order, locate, name_order
 from worker.engine.pairing.pairs import Pair, Pairing, check_compatible, pair_tensors
 from worker.engine.reference import reference_for
 
-ENGINE_VERSION = "0.2.0"
+ENGINE_VERSION = "0.3.0"
 SCHEMA = 1
 # Elements per piece: big enough to amortise per-op overhead, small enough to stay in cache.
 PIECE_ELEMENTS = 1 << 19
