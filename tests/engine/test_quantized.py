@@ -152,3 +152,41 @@ def test_block_scales_without_a_block_size_are_malformed(tmp_path):
     with pytest.raises(EngineError) as err:
         _open(_write(tmp_path / "m", state, {"quantization_config": {"quant_method": "fp8"}}))
     assert err.value.code == "malformed" and "weight_block_size" in err.value.message
+
+
+def test_the_same_pair_over_the_loopback_hub_gives_the_same_records(pair, tmp_path, hf_env):
+    """Scales are read with range requests of their own while the weights stream: same records as local."""
+    import shutil
+
+    from hubserver import HubServer  # tests/ is on sys.path (tests/conftest.py's directory)
+
+    from worker.engine import SourceSpec
+
+    base_dir, tuned_dir, _ = pair
+    repos = tmp_path / "repos"
+    shutil.copytree(base_dir, repos / "org" / "q-base")
+    shutil.copytree(tuned_dir, repos / "org" / "q-tuned")
+    with _open(base_dir) as b, _open(tuned_dir) as t:
+        local = analyze(b, t, AnalysisOptions(tolerance=1e-5))
+    with HubServer(repos) as server, server.endpoint():
+        with open_source(SourceSpec("hub", "org/q-base", None, display="org/q-base")) as b, \
+                open_source(SourceSpec("hub", "org/q-tuned", None, display="org/q-tuned")) as t:
+            hub = analyze(b, t, AnalysisOptions(tolerance=1e-5))
+    assert hub["tensors"] == local["tensors"]
+
+
+def test_parts_of_a_quantized_pair_give_the_one_pass_result(pair):
+    """Fan-out runs tensor groups on several workers: each part reads its experts and scales alone."""
+    from worker.engine.analysis import analyze_part, finish, plan_analysis
+
+    base_dir, tuned_dir, _ = pair
+    options = AnalysisOptions(tolerance=1e-5)
+    with _open(base_dir) as b, _open(tuned_dir) as t:
+        whole = analyze(b, t, options)
+        plan = plan_analysis(b, t, options)
+        names = [p.name for p in plan.pairing.pairs]
+        records = {}
+        for part in (names[::2], names[1::2]):  # expert 1 without expert 0 in one part
+            records.update(analyze_part(b, t, options, only=part, plan=plan).records)
+        merged = finish(b, t, options, records, plan=plan)
+    assert merged["tensors"] == whole["tensors"] and merged["modules"] == whole["modules"]
