@@ -74,16 +74,25 @@ def pair(tmp_path_factory):
     blocks2[1, 5, 3, 2] ^= 0x30  # one high nibble of expert 1
     blocks2[0, 700:, :, 0] ^= 0x01  # many low nibbles of expert 0
     scales2[0, 1000, 31] += 1
+    flat_blocks = torch.randint(0, 256, (64, 4, 16), dtype=torch.uint8, generator=g)  # a 2-D MXFP4 matrix
+    flat_scales = torch.randint(120, 128, (64, 4), dtype=torch.uint8, generator=g)
+    flat_blocks2 = flat_blocks.clone()
+    flat_blocks2[10:20] ^= 0x11
     names = ("model.layers.0.mlp.down_proj.weight", "model.layers.0.mlp.experts.gate_up_proj")
     config = {"model_type": "x", "quantization_config": {"quant_method": "fp8", "weight_block_size": list(block)}}
     sides = []
-    for side, (qq, ss, bb, cc) in (("base", (q, s, blocks, scales)), ("tuned", (q2, s2, blocks2, scales2))):
+    flat = "model.layers.0.self_attn.o_proj"
+    for side, (qq, ss, bb, cc, fb) in (("base", (q, s, blocks, scales, flat_blocks)),
+                                       ("tuned", (q2, s2, blocks2, scales2, flat_blocks2))):
         state = {names[0]: qq, names[0] + "_scale_inv": ss, names[1] + "_blocks": bb, names[1] + "_scales": cc,
+                 flat + "_blocks": fb, flat + "_scales": flat_scales,
                  "model.layers.0.input_layernorm.weight": torch.ones(16, dtype=torch.bfloat16)}
         sides.append(_write(root / side, state, config))
     values = {
-        "base": {names[0]: fp8_reference(q, s, block), **_experts(names[1], mxfp4_reference(blocks, scales))},
-        "tuned": {names[0]: fp8_reference(q2, s2, block), **_experts(names[1], mxfp4_reference(blocks2, scales2))},
+        "base": {names[0]: fp8_reference(q, s, block), **_experts(names[1], mxfp4_reference(blocks, scales)),
+                 flat: mxfp4_reference(flat_blocks, flat_scales)},
+        "tuned": {names[0]: fp8_reference(q2, s2, block), **_experts(names[1], mxfp4_reference(blocks2, scales2)),
+                  flat: mxfp4_reference(flat_blocks2, flat_scales)},
     }
     return sides[0], sides[1], values
 
@@ -99,7 +108,8 @@ def test_pieces_of_any_range_read_the_dequantized_values(pair):
         assert "model.layers.0.mlp.down_proj.weight_scale_inv" not in src.tensors
         for name, want in values["base"].items():
             flat = want.reshape(-1)
-            for start, stop in ((0, 1), (5, 4133), (flat.numel() - 77, flat.numel()), (123457, 600001)):
+            n = flat.numel()
+            for start, stop in ((0, 1), (5, 4133), (n - 77, n), (min(123457, n - 9), min(600001, n)), (33, 35)):
                 got = src.read_piece(Piece(name, start, stop))
                 assert got.dtype == torch.float64 and torch.equal(got, flat[start:stop]), (name, start, stop)
             assert torch.equal(src.read(name), want), name
@@ -123,6 +133,8 @@ def test_analysis_of_pieces_matches_the_reference(pair):
     e1 = records["model.layers.0.mlp.experts.1.gate_up_proj"]["quantization"]
     assert (e0["codes_changed"], e0["scale_blocks_changed"], e0["scale_blocks"]) == (324 * 32, 1, 1024 * 32)
     assert (e1["codes_changed"], e1["scale_blocks_changed"]) == (1, 0)
+    o = records["model.layers.0.self_attn.o_proj"]
+    assert o["shape"] == [64, 128] and o["quantization"]["codes_changed"] == 10 * 4 * 16 * 2
 
 
 @pytest.mark.parametrize("what, state, config, named", [

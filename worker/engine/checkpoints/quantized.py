@@ -188,7 +188,8 @@ class DequantizedSource(Source):
         self.tensors = tensors
         self.prefetch_bytes = inner.prefetch_bytes
         self._scales: dict[str, torch.Tensor] = {}  # stored scale tensors of the tensor being read
-        self._decoded: tuple | None = None  # (stored name, first element, values) of the last MXFP4 expert
+        # (stored name, expert, its codes [rows, G, 16], its scales [rows, G]) of the last 3-D MXFP4 expert read
+        self._expert: tuple | None = None
 
     def __getattr__(self, attr):  # files, directory, ... of the inner source
         if attr == "inner":
@@ -227,7 +228,7 @@ class DequantizedSource(Source):
         if len(info.stored_shape) == 3:  # transposed: the whole expert matrix
             each = math.prod(info.stored_shape[1:])
             e = info.start // each
-            if self._decoded is not None and self._decoded[:2] == (info.stored, e):
+            if self._expert is not None and self._expert[:2] == (info.stored, e):
                 return []
             s, t = e * each, (e + 1) * each
         else:
@@ -241,14 +242,12 @@ class DequantizedSource(Source):
         if info.kind == "fp8_block":
             return fp8_block_values(raws[0], info.start + piece.start, info.stored_shape, self._scale(info), info.block)
         if len(info.stored_shape) == 3:
-            each = math.prod(info.stored_shape[1:])
-            e = info.start // each
-            if raws:
-                rows, cols = info.stored_shape[1:]
-                values = mxfp4_values(raws[0], raws[1]).view(rows, cols).t().reshape(-1)
-                self._decoded = (info.stored, e, values)
-            values = self._decoded[2]
-            return values[piece.start:piece.stop]
+            rows, cols = info.stored_shape[1:]
+            if raws:  # a copy of one expert's bytes (half a byte per value): pieces decode from it
+                e = info.start // (rows * cols)
+                self._expert = (info.stored, e, raws[0].view(torch.uint8).reshape(rows, -1, 16).clone(),
+                                raws[1].view(torch.uint8).reshape(rows, -1).clone())
+            return _transposed_range(self._expert[2], self._expert[3], piece.start, piece.stop)
         s = info.start + piece.start
         values = mxfp4_values(raws[0], raws[1])
         skip = s % MX_BLOCK
@@ -307,7 +306,7 @@ class DequantizedSource(Source):
 
     def close(self) -> None:
         self._scales.clear()
-        self._decoded = None
+        self._expert = None
         self.inner.close()
 
 
@@ -321,6 +320,18 @@ def fp8_block_values(codes: torch.Tensor, first: int, shape: tuple[int, ...], sc
     r, c = within // cols, within % cols
     s = scales[(matrix * srows + r // block[0]) * scols + c // block[1]]
     return codes.to(torch.float64) * s
+
+
+def _transposed_range(blocks: torch.Tensor, scales: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Elements [start, stop) of the transpose of the expert matrix stored as `blocks` [rows, G, 16]:
+    only the stored columns (logical rows) the range touches are decoded, so memory follows the piece."""
+    rows = blocks.shape[0]
+    first, last = start // rows, -(-stop // rows)  # logical rows = stored columns [first, last)
+    g0, g1 = first // MX_BLOCK, -(-last // MX_BLOCK)
+    values = mxfp4_values(blocks[:, g0:g1].reshape(-1), scales[:, g0:g1].reshape(-1)).view(rows, -1)
+    columns = values[:, first - g0 * MX_BLOCK: last - g0 * MX_BLOCK]
+    flat = columns.t().reshape(-1)
+    return flat[start - first * rows: stop - first * rows]
 
 
 def mxfp4_values(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
