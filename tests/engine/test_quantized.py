@@ -118,7 +118,13 @@ def test_pieces_of_any_range_read_the_dequantized_values(pair):
 def test_analysis_of_pieces_matches_the_reference(pair):
     base_dir, tuned_dir, values = pair
     with _open(base_dir) as b, _open(tuned_dir) as t:
+        infos = [*b.inner.tensors.values(), *t.inner.tensors.values()]
+        stored = sum(i.nbytes for i in infos)
+        scales = sum(i.nbytes for i in infos if i.name.endswith(("_scales", "_scale_inv")))
         result = analyze(b, t, AnalysisOptions(tolerance=1e-5))
+    # Every code read once (changed codes are counted from the pass's pieces); scales (1/16 of MXFP4's
+    # bytes, 1/16384 of fp8's) once more, to count the changed scale blocks.
+    assert result["summary"]["bytes_read"] == stored + scales
     records = {r["name"]: r for r in result["tensors"]}
     assert set(records) == set(values["base"]) | {"model.layers.0.input_layernorm.weight"}
     for name, base in values["base"].items():

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -240,18 +241,18 @@ class DequantizedSource(Source):
         if not isinstance(info, LogicalInfo) or info.kind == "slice":
             return raws[0]
         if info.kind == "fp8_block":
-            return fp8_block_values(raws[0], info.start + piece.start, info.stored_shape, self._scale(info), info.block)
+            values = fp8_block_values(raws[0], info.start + piece.start, info.stored_shape, self._scale(info), info.block)
+            return _with_codes(values, raws[0].view(torch.uint8))
         if len(info.stored_shape) == 3:
             rows, cols = info.stored_shape[1:]
             if raws:  # a copy of one expert's bytes (half a byte per value): pieces decode from it
                 e = info.start // (rows * cols)
                 self._expert = (info.stored, e, raws[0].view(torch.uint8).reshape(rows, -1, 16).clone(),
                                 raws[1].view(torch.uint8).reshape(rows, -1).clone())
-            return _transposed_range(self._expert[2], self._expert[3], piece.start, piece.stop)
-        s = info.start + piece.start
-        values = mxfp4_values(raws[0], raws[1])
-        skip = s % MX_BLOCK
-        return values[skip: skip + piece.stop - piece.start]
+            return _with_codes(*_transposed_range(self._expert[2], self._expert[3], piece.start, piece.stop))
+        skip = (info.start + piece.start) % MX_BLOCK
+        values, codes = mxfp4_decode(raws[0], raws[1])
+        return _with_codes(values[skip: skip + piece.stop - piece.start], codes[skip: skip + piece.stop - piece.start])
 
     def _scale(self, info: LogicalInfo) -> torch.Tensor:
         if info.scale not in self._scales:
@@ -263,13 +264,12 @@ class DequantizedSource(Source):
 
     def read_piece(self, piece: Piece) -> torch.Tensor:
         stored = self._stored(piece)
-        raws = [self.inner.read_piece(p) for p in stored]
-        out = self._decode(piece, raws)
-        return out.clone() if self._copies(piece) else out
+        return self._decode(piece, [self.inner.read_piece(p) for p in stored])
 
     def _copies(self, piece: Piece) -> bool:
+        """Whether the piece's tensors hold none of the stored bytes (MXFP4 values and codes are new)."""
         info = self.tensors[piece.name]
-        return isinstance(info, LogicalInfo) and info.decoded
+        return isinstance(info, LogicalInfo) and info.kind == "mxfp4"
 
     def iter_pieces(self, pieces: Sequence[Piece]) -> Iterator[tuple[Piece, torch.Tensor]]:
         pieces = list(pieces)
@@ -288,7 +288,7 @@ class DequantizedSource(Source):
         for p, n in zip(pieces, plans):
             got = [next(reads) for _ in range(n)]
             out = self._decode(p, [t for _, t in got])
-            if self._copies(p):  # decoded values are copies: the stored bytes can go now
+            if self._copies(p):  # the stored bytes can go now
                 for q, _ in got:
                     self.inner.release(q)
             yield p, out
@@ -322,24 +322,32 @@ def fp8_block_values(codes: torch.Tensor, first: int, shape: tuple[int, ...], sc
     return codes.to(torch.float64) * s
 
 
-def _transposed_range(blocks: torch.Tensor, scales: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """Elements [start, stop) of the transpose of the expert matrix stored as `blocks` [rows, G, 16]:
+def _with_codes(values: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """The values, carrying the stored code of each (`.codes`): the pass counts changed codes from them."""
+    values.codes = codes
+    return values
+
+
+def _transposed_range(blocks: torch.Tensor, scales: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, codes) [start, stop) of the transpose of the expert matrix stored as `blocks` [rows, G, 16]:
     only the stored columns (logical rows) the range touches are decoded, so memory follows the piece."""
     rows = blocks.shape[0]
     first, last = start // rows, -(-stop // rows)  # logical rows = stored columns [first, last)
     g0, g1 = first // MX_BLOCK, -(-last // MX_BLOCK)
-    values = mxfp4_values(blocks[:, g0:g1].reshape(-1), scales[:, g0:g1].reshape(-1)).view(rows, -1)
-    columns = values[:, first - g0 * MX_BLOCK: last - g0 * MX_BLOCK]
-    flat = columns.t().reshape(-1)
-    return flat[start - first * rows: stop - first * rows]
+    out = []
+    for x in mxfp4_decode(blocks[:, g0:g1].reshape(-1), scales[:, g0:g1].reshape(-1)):
+        columns = x.view(rows, -1)[:, first - g0 * MX_BLOCK: last - g0 * MX_BLOCK]
+        out.append(columns.t().reshape(-1)[start - first * rows: stop - first * rows])
+    return out[0], out[1]
 
 
-def mxfp4_values(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """code value x 2^(scale - 127) in float64, two values per byte (low nibble first), 32 per scale."""
-    raw = blocks.view(torch.uint8).to(torch.int64)
+def mxfp4_decode(blocks: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(code value x 2^(scale - 127) in float64, the 4-bit code) per value: two per byte (low nibble
+    first), 32 per scale."""
+    raw = blocks.view(torch.uint8)
     codes = torch.stack((raw & 0x0F, raw >> 4), dim=-1).reshape(-1)
     exponent = scales.view(torch.uint8).to(torch.int64).repeat_interleave(MX_BLOCK) - 127
-    return torch.ldexp(FP4_VALUES[codes], exponent.to(torch.float64))
+    return torch.ldexp(FP4_VALUES[codes.long()], exponent.to(torch.float64)), codes
 
 
 # --- the raw-code view (secondary to the values; metrics.md) -----------------------------------
@@ -347,9 +355,31 @@ def mxfp4_values(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
 CODE_CHUNK = 1 << 22  # stored elements compared at a time
 
 
-def quantization_record(base: Source, tuned: Source, base_name: str, tuned_name: str) -> dict | None:
+class CodeCounts:
+    """Changed stored codes per tensor, counted from the pieces the pass reads anyway (their `.codes`)."""
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()  # pieces are measured on several threads
+
+    def add(self, name: str, base: torch.Tensor, tuned: torch.Tensor) -> None:
+        cb, ct = getattr(base, "codes", None), getattr(tuned, "codes", None)
+        if cb is None or ct is None or cb.shape != ct.shape:
+            return
+        n = int(torch.count_nonzero(cb != ct))
+        with self._lock:
+            self.counts[name] = self.counts.get(name, 0) + n
+
+    def pop(self, name: str) -> int | None:
+        with self._lock:
+            return self.counts.pop(name, None)
+
+
+def quantization_record(base: Source, tuned: Source, base_name: str, tuned_name: str,
+                        codes_changed: int | None = None) -> dict | None:
     """{"base": label | None, "tuned": label | None} for a pair with a quantized side; where both sides
-    are stored alike, also the scale blocks (changed and all) and the elements whose stored code changed."""
+    are stored alike, also the scale blocks (changed and all) and the elements whose stored code changed
+    (`codes_changed` as the pass counted it, else read again here)."""
     b, t = base.tensors[base_name], tuned.tensors[tuned_name]
     bq = b.label if isinstance(b, LogicalInfo) and b.decoded else None
     tq = t.label if isinstance(t, LogicalInfo) and t.decoded else None
@@ -361,7 +391,9 @@ def quantization_record(base: Source, tuned: Source, base_name: str, tuned_name:
         out["scale_blocks"] = scales[1] - scales[0]
         out["scale_blocks_changed"] = _changed(base, tuned, b.scale, t.scale, *scales, nibbles=False)
         first, stop = b.start, b.start + b.numel
-        if b.kind == "mxfp4":
+        if codes_changed is not None:
+            out["codes_changed"] = codes_changed
+        elif b.kind == "mxfp4":
             out["codes_changed"] = _changed(base, tuned, b.stored, t.stored, first // 2, stop // 2, nibbles=True)
         else:
             out["codes_changed"] = _changed(base, tuned, b.stored, t.stored, first, stop, nibbles=False)
