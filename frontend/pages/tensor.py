@@ -13,9 +13,11 @@ from urllib.parse import quote
 from dash import Input, Output, State, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
-from .. import figures as F
 from .. import numbers as N
 from ..apiclient import ApiError, message
+from ..figures import analysis as FA
+from ..figures import tensor as F
+from ..figures import theme as T
 from .shell import card, notice, stat
 
 SCALES = ("linear", "log")
@@ -58,10 +60,10 @@ def layout(analysis_id: str, name: str, query: dict):
             html.Div(className="control-metric", children=[html.Div("Spectrum axes", className="control-label"),
                                                            radio("tn-spec", spec)]),
         ]),
-        card(dcc.Loading(dcc.Graph(id="tn-density", config=GRAPH_CONFIG, figure=F.empty("Loading the mask…")))),
-        card(dcc.Graph(id="tn-coverage", config=GRAPH_CONFIG, figure=F.empty("Loading…"))),
-        card(dcc.Graph(id="tn-ulp", config=GRAPH_CONFIG, figure=F.empty("Loading…"))),
-        card(dcc.Graph(id="tn-spectra", config=GRAPH_CONFIG, figure=F.empty("Loading…"))),
+        card(dcc.Loading(dcc.Graph(id="tn-density", config=GRAPH_CONFIG, figure=T.empty("Loading the mask…")))),
+        card(dcc.Graph(id="tn-coverage", config=GRAPH_CONFIG, figure=T.empty("Loading…"))),
+        card(dcc.Graph(id="tn-ulp", config=GRAPH_CONFIG, figure=T.empty("Loading…"))),
+        card(dcc.Graph(id="tn-spectra", config=GRAPH_CONFIG, figure=T.empty("Loading…"))),
     ])
 
 
@@ -88,7 +90,7 @@ def cards(record: dict, t: float, curve) -> list:
     if q:
         out.append(quantization_stat(q))
     if g:
-        i = F._headline(0.05, g["q"])
+        i = FA.headline_index(0.05, g["q"])
         e, b = g["energy"]["two_sided"][i], g["baseline"]["two_sided"][i]
         out += [
             stat(f"Principal energy (k = {g['k'][i]})", html.Span(N.fmt_pct(e, 3), id="tn-energy"),
@@ -128,7 +130,7 @@ def register(app, api):
         if not key:
             raise PreventUpdate
         aid, name = key["id"], key["name"]
-        blank = F.empty("–")
+        blank = T.empty("–")
         try:
             a = await api.analysis(aid)
         except ApiError as err:
