@@ -255,3 +255,26 @@ def test_export_from_the_hub_and_apply_onto_a_hub_base(tmp_path, hf_env):
             apply_patch(b, tmp_path / "hub.patch", tmp_path / "out")
     for f in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"):
         assert (tmp_path / "out" / f).read_bytes() == (tuned / f).read_bytes(), f
+
+
+def test_block_scaled_fp8_codes_and_scales_round_trip(tmp_path):
+    """DeepSeek-V3 layout: the patch works on the stored codes and scales, not the dequantized view."""
+    config = '{"model_type": "deepseek_v3", "quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}}'
+    g = torch.Generator().manual_seed(1)
+    codes = torch.randn(200, 160, generator=g).to(torch.float8_e4m3fn)
+    scales = torch.rand(2, 2, generator=g) + 0.5
+    tuned_codes = codes.clone()
+    tuned_codes.view(torch.uint8)[::5, ::3] ^= 1
+    tuned_scales = scales.clone()
+    tuned_scales[1, 0] *= 1.5
+    for name, (c, s) in (("base", (codes, scales)), ("tuned", (tuned_codes, tuned_scales))):
+        (tmp_path / name).mkdir()
+        save_file({"model.layers.0.mlp.down_proj.weight": c, "model.layers.0.mlp.down_proj.weight_scale_inv": s},
+                  tmp_path / name / "model.safetensors")
+        (tmp_path / name / "config.json").write_text(config)
+    with _src(tmp_path / "base") as b, _src(tmp_path / "tuned") as t:
+        assert "model.layers.0.mlp.down_proj.weight_scale_inv" not in t.tensors  # the analysis's view
+        export_patch(b, t, tmp_path / "p.patch")
+    with _src(tmp_path / "base") as b:
+        apply_patch(b, tmp_path / "p.patch", tmp_path / "out")
+    _same_tree(tmp_path / "tuned", tmp_path / "out")

@@ -28,7 +28,7 @@ from worker.engine.checkpoints.safetensors_format import DTYPES, TensorInfo
 from worker.engine.checkpoints.sources import Piece, Source
 from worker.engine.errors import EngineError
 from worker.engine.patch import codec
-from worker.engine.patch.export import CHUNK, _pieces, bits, cast_bits
+from worker.engine.patch.export import CHUNK, _pieces, bits, cast_bits, stored
 from worker.engine.patch.format import PatchReader
 
 PARTIAL = ".partial-"
@@ -44,6 +44,7 @@ def _info(record: dict, side: dict | None = None) -> TensorInfo:
 def check_base(base: Source, reader: PatchReader, *, progress: Callable[[int, int], None] | None = None) -> int:
     """Refuse a base the patch was not made against (EngineError "incompatible", naming the first
     mismatched tensor); the number of base tensors verified."""
+    base = stored(base, "base")
     made = reader.manifest["base"]
     made_label = f"{made.get('id')} (sha {str(made.get('sha'))[:12]})"
     relied = [r for r in reader.manifest["tensors"] if r["base"] is not None]
@@ -96,6 +97,7 @@ def apply_patch(base: Source, patch: Path | str, out_dir: Path | str, *,
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise EngineError("bad_request", f"{out_dir} already exists and is not an empty directory; "
                                          "choose a new output directory.")
+    base = stored(base, "base")
     reader = PatchReader(patch)
     try:
         check_base(base, reader, progress=(lambda d, t: progress("verify", d, t)) if progress else None)

@@ -90,6 +90,18 @@ def _pieces(name: str, numel: int, common: int) -> list[Piece]:
 
 # --- the tuned checkpoint's files ----------------------------------------------------------
 
+def stored(src: Source, role: str) -> Source:
+    """The checkpoint as stored: a patch rebuilds files, so fp8 blocks, MXFP4 and fused experts are
+    taken as their stored tensors (quantized.py's view unwrapped), and a LoRA adapter, which has
+    no weight files of its merged model, is refused."""
+    inner = src.__dict__.get("inner")  # quantized.DequantizedSource
+    src = inner if inner is not None else src
+    if type(src).__name__ not in ("LocalSource", "HubSource"):
+        raise EngineError("bad_request", f"The {role} is a LoRA adapter (or another computed model): a patch rebuilds "
+                                         "stored checkpoint files; export against the merged model saved as files.")
+    return src
+
+
 def _read_range(src: Source, file: str, begin: int, end: int) -> bytes:
     """Bytes [begin, end) of one of the checkpoint's files (local: read; Hub: a range request)."""
     local = getattr(src, "_local", None) or src
@@ -148,6 +160,7 @@ def export_patch(base: Source, tuned: Source, out: Path | str, *,
     """
     started = time.perf_counter()
     out = Path(out)
+    base, tuned = stored(base, "base"), stored(tuned, "finetuned model")
     order = sorted(tuned.tensors.values(), key=lambda t: (tuned.files.index(t.file), t.offset))
     headers = {f: raw_header(tuned, f) for f in tuned.files}
     file_hash = {f: blake3.blake3(h, max_threads=blake3.blake3.AUTO) for f, h in headers.items()}
