@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -278,3 +279,35 @@ def test_block_scaled_fp8_codes_and_scales_round_trip(tmp_path):
     with _src(tmp_path / "base") as b:
         apply_patch(b, tmp_path / "p.patch", tmp_path / "out")
     _same_tree(tmp_path / "tuned", tmp_path / "out")
+
+
+def test_apply_sigkilled_mid_write_leaves_no_output(tmp_path):
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(4096, 8192, generator=g).to(torch.bfloat16)  # 64 MiB: the rebuild takes a while
+    t = w.clone()
+    t.view(-1).view(torch.int16)[::9] += 1
+    for name, x in (("base", w), ("tuned", t)):
+        (tmp_path / name).mkdir()
+        save_file({"w": x}, tmp_path / name / "model.safetensors")
+    with _src(tmp_path / "base") as b, _src(tmp_path / "tuned") as tt:
+        export_patch(b, tt, tmp_path / "p.patch")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())",
+                             "patch", "apply", str(tmp_path / "base"), str(tmp_path / "p.patch"), "-o",
+                             str(tmp_path / "out"), "--quiet"], env=env)
+    partial = None
+    for _ in range(60_000):
+        found = list(tmp_path.glob(".out.partial-*/model.safetensors"))
+        if found or proc.poll() is not None:
+            partial = found[0].parent if found else None
+            break
+        time.sleep(0.001)
+    proc.kill()
+    proc.wait()
+    if partial is None:
+        pytest.skip("the apply finished before it could be killed")
+    assert not (tmp_path / "out").exists()
+    with _src(tmp_path / "base") as b:
+        apply_patch(b, tmp_path / "p.patch", tmp_path / "out")
+    assert not partial.exists()
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == (tmp_path / "tuned" / "model.safetensors").read_bytes()
