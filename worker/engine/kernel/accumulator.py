@@ -1,6 +1,6 @@
 """Per-tensor statistics of an update, accumulated over pieces in one pass.
 
-Every number follows ../shared/design/metrics.md. The hot path is a handful of
+Every number follows docs/METRICS.md. The hot path is a handful of
 vectorised torch ops per piece: no per-element Python, no full-tensor copies.
 
 Exactness. Delta is computed in float64 on both paths, whatever the dtype: every
