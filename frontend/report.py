@@ -126,14 +126,15 @@ def _analysis_sections(doc: _Doc, result: Mapping) -> None:
     bit, _ = N.result_sparsity(result, 0.0)
     ref = (result.get("reference") or {}).get("sparsity") or {}
     ref_val = ref.get(N.tol_key(t))
-    rank = summary.get("rank") or {}
+    rank = summary.get("rank") if isinstance(summary.get("rank"), Mapping) else {}
+    rank_mean = S.as_number(rank.get("mean"))
     cards = [(f"Update sparsity at t = {N.fmt_tol(t)}", ("" if exact else "≈ ") + N.fmt_pct(s),
               f"the study reports {ref_val:.2f} %" if isinstance(ref_val, (int, float)) else "measured"),
              ("Bit-exact sparsity (t = 0)", N.fmt_pct(bit),
               f"{N.fmt_int((summary.get('changed') or {}).get('0.0'))} elements differ at all"),
              ("Elements compared", N.fmt_int(summary.get("numel")), f"{N.fmt_int(summary.get('tensors'))} tensors")]
-    if rank.get("mean") is not None:
-        cards.append(("Mean update rank", N.fmt_pct(rank["mean"], 1), f"{N.fmt_int(rank.get('matrices'))} matrices"))
+    if rank_mean is not None:
+        cards.append(("Mean update rank", N.fmt_pct(rank_mean, 1), f"{N.fmt_int(rank.get('matrices'))} matrices"))
     doc.add(_cards(cards))
     doc.add(f'<p class="summary" id="plain-summary">{_esc(S.plain_summary(result))}</p>')
     if ref:
@@ -161,7 +162,7 @@ def _analysis_sections(doc: _Doc, result: Mapping) -> None:
                      N.fmt_int(r["exact_changed"])) for r in S.top_tensors(result, t, TOP_TENSORS)],
                    [False, False, True, True, True, True], cls="mono"))
     _precision_section(doc, result)
-    if rank.get("mean") is not None:
+    if rank_mean is not None:
         doc.h2("Update rank")
         doc.figure(FA.rank_chart(result))
     if FA.geometry_summary(result) is not None:

@@ -19,7 +19,8 @@ STUDY_T = 1e-5
 STUDY_RANGES = (("RL", 0.685, 0.96), ("SFT", 0.06, 0.15))
 
 
-def _num(x) -> float | None:
+def as_number(x) -> float | None:
+    """x when it is a finite number, else None (fields added later may be missing or malformed)."""
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
@@ -34,7 +35,7 @@ def _against_ranges(s: float) -> str:
 
 def sparsity_sentence(result: Mapping) -> str | None:
     summary = result.get("summary") or {}
-    t = _num((result.get("options") or {}).get("tolerance"))
+    t = as_number((result.get("options") or {}).get("tolerance"))
     t = N.DEFAULT_TOLERANCE if t is None else t
     s, exact = N.result_sparsity(result, t)
     if math.isnan(s):
@@ -47,7 +48,7 @@ def sparsity_sentence(result: Mapping) -> str | None:
         lead = "; that is " if t == STUDY_T else f"; at the study's t = 1e-5 it is {N.fmt_pct(s5)}, "
         text += lead + _against_ranges(s5)
     ref = (result.get("reference") or {}).get("sparsity") or {}
-    ref_val = _num(ref.get(N.tol_key(STUDY_T)))
+    ref_val = as_number(ref.get(N.tol_key(STUDY_T)))
     if ref_val is not None and not math.isnan(s5):
         text += f"; the study reports {ref_val:.2f} % for this pair at 1e-5"
     return text + "."
@@ -55,10 +56,10 @@ def sparsity_sentence(result: Mapping) -> str | None:
 
 def bit_exact_sentence(result: Mapping) -> str | None:
     summary = result.get("summary") or {}
-    t = _num((result.get("options") or {}).get("tolerance")) or N.DEFAULT_TOLERANCE
+    t = as_number((result.get("options") or {}).get("tolerance")) or N.DEFAULT_TOLERANCE
     changed = summary.get("changed") or {}
-    c0, ct = _num(changed.get("0.0")), _num(N.changed_at(summary, t, result.get("curve_tolerances"))[0])
-    numel = _num(summary.get("numel"))
+    c0, ct = as_number(changed.get("0.0")), as_number(N.changed_at(summary, t, result.get("curve_tolerances"))[0])
+    numel = as_number(summary.get("numel"))
     if c0 is None or not numel:
         return None
     text = f"Bit for bit (t = 0) {N.fmt_pct(1 - c0 / numel)} are unchanged"
@@ -75,7 +76,7 @@ def _density(record: Mapping, t: float, curve) -> float | None:
 
 
 def module_sentence(result: Mapping) -> str | None:
-    t = _num((result.get("options") or {}).get("tolerance")) or N.DEFAULT_TOLERANCE
+    t = as_number((result.get("options") or {}).get("tolerance")) or N.DEFAULT_TOLERANCE
     curve = result.get("curve_tolerances")
     rows = [(m.get("module"), _density(m, t, curve)) for m in result.get("modules") or [] if m.get("numel")]
     rows = [(name, d) for name, d in rows if name and d is not None]
@@ -91,14 +92,14 @@ def module_sentence(result: Mapping) -> str | None:
 
 def rank_sentence(result: Mapping) -> str | None:
     rank = (result.get("summary") or {}).get("rank") or {}
-    mean = _num(rank.get("mean"))
+    mean = as_number(rank.get("mean"))
     if mean is None:
         return None
     text = (f"Update rank averages {N.fmt_pct(mean, 1)} of full (the study's float32 rule, over "
             f"{N.fmt_int(rank.get('matrices'))} matrices; full rank is 100 %)")
     # the float64 numerical rank, when the engine reports it (docs/METRICS.md, "Update rank")
     for key in ("float64_mean", "f64_mean", "mean_float64"):
-        f64 = _num(rank.get(key))
+        f64 = as_number(rank.get(key))
         if f64 is not None:
             text += f"; {N.fmt_pct(f64, 1)} by the float64 numerical rank"
             break
@@ -112,8 +113,8 @@ def geometry_sentence(result: Mapping) -> str | None:
         return None
     i = min(range(len(qs)), key=lambda j: abs(qs[j] - 0.05))
     try:
-        e = _num(g["energy"]["two_sided"][i])
-        b = _num(g["baseline"]["two_sided"][i])
+        e = as_number(g["energy"]["two_sided"][i])
+        b = as_number(g["baseline"]["two_sided"][i])
     except (KeyError, IndexError, TypeError):
         return None
     if e is None or b is None:
@@ -131,10 +132,10 @@ def precision_sentence(result: Mapping) -> str | None:
         return None
     cf = p.get("bf16_counterfactual") or p.get("counterfactual") or {}
     if isinstance(cf, Mapping):
-        t = _num((result.get("options") or {}).get("tolerance")) or N.DEFAULT_TOLERANCE
+        t = as_number((result.get("options") or {}).get("tolerance")) or N.DEFAULT_TOLERANCE
         stored = cf.get("changed") or cf.get("stored")
         bf16 = cf.get("bf16_changed") or cf.get("changed_bf16") or cf.get("bf16")
-        pick = lambda d: _num(d.get(N.tol_key(t)) if isinstance(d, Mapping) else d)  # noqa: E731
+        pick = lambda d: as_number(d.get(N.tol_key(t)) if isinstance(d, Mapping) else d)  # noqa: E731
         a, b = (pick(stored) if stored is not None else None), (pick(bf16) if bf16 is not None else None)
         if a and b is not None:
             return (f"Stored in bf16, {N.fmt_pct(max(a - b, 0.0) / a)} of the {N.fmt_int(a)} elements changed at "
@@ -154,8 +155,8 @@ def overlap_summary(overlap: Mapping) -> str:
     """The overlap's paragraph: o1, o2 and Jaccard beside their random baselines."""
     labels = list(overlap.get("labels") or ["A", "B"])
     a, b = (labels + ["A", "B"])[:2]
-    o1, o2 = _num(overlap.get("o1")), _num(overlap.get("o2"))
-    r1, r2 = _num(overlap.get("random_o1")), _num(overlap.get("random_o2"))
+    o1, o2 = as_number(overlap.get("o1")), as_number(overlap.get("o2"))
+    r1, r2 = as_number(overlap.get("random_o1")), as_number(overlap.get("random_o2"))
     parts = [f"At t = {N.fmt_tol(float(overlap.get('tolerance') or 0.0))}, {N.fmt_int(overlap.get('a_changed'))} "
              f"elements changed in {a} and {N.fmt_int(overlap.get('b_changed'))} in {b}, "
              f"{N.fmt_int(overlap.get('both'))} in both."]
@@ -164,7 +165,7 @@ def overlap_summary(overlap: Mapping) -> str:
                      f"{N.fmt_pct(r1)} if they were placed at random" + (f" ({o1 / r1:.1f} times)." if r1 else "."))
     if o2 is not None:
         parts.append(f"{N.fmt_pct(o2)} of {b}'s also changed in {a} (o2; random {N.fmt_pct(r2)}).")
-    if _num(overlap.get("jaccard")) is not None:
+    if as_number(overlap.get("jaccard")) is not None:
         parts.append(f"Jaccard {N.fmt_pct(overlap['jaccard'])}.")
     return " ".join(parts)
 

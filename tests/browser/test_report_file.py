@@ -1,0 +1,72 @@
+"""The single-file report opened from file:// in Debian chromium with every network request
+blocked: every figure renders (plotly drew its SVG), nothing was requested; screenshots saved."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ARGS, CHROMIUM, SHOTS, VIEWPORT
+
+from frontend import report as R
+from worker.demo.synthetic import write_demo
+from worker.engine import AnalysisOptions, analyze, open_source, overlap, parse_source
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    dirs = write_demo(root / "ckpt")
+    results, masks = {}, []
+    for name in ("rl_a", "rl_b"):
+        with open_source(parse_source(str(dirs["base"]), allow_any_path=True)) as b, \
+                open_source(parse_source(str(dirs[name]), allow_any_path=True)) as t:
+            results[name] = analyze(b, t, AnalysisOptions(tolerance=1e-5, rank="all", geometry="sampled", device="cpu"),
+                                    masks_dir=root / name)
+        masks.append(root / name / "masks.safetensors")
+    ov = overlap(masks, labels=["rl_a", "rl_b"])
+    out = {"analysis": root / "analysis.html", "overlap": root / "overlap.html"}
+    out["analysis"].write_text(R.analysis_report(results["rl_a"], overlap=ov))
+    out["overlap"].write_text(R.overlap_report(ov))
+    return out
+
+
+@pytest.fixture(scope="module")
+def offline_browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        # no proxy that answers: a request that slipped past the route block below still fails
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS + ["--proxy-server=127.0.0.1:9",
+                                                                     "--proxy-bypass-list=<-loopback>"])
+        yield b
+        b.close()
+
+
+@pytest.mark.parametrize("which", ["analysis", "overlap"])
+def test_report_renders_every_figure_offline(reports, offline_browser, which):
+    ctx = offline_browser.new_context(viewport=VIEWPORT, offline=True)
+    requested: list[str] = []
+
+    def block(route):
+        if not route.request.url.startswith("file://"):
+            requested.append(route.request.url)
+            route.abort()
+        else:
+            route.continue_()
+
+    ctx.route("**/*", block)
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: None if r.url.startswith(("file://", "data:")) else requested.append(r.url))
+    page.goto(reports[which].as_uri())
+    n = page.locator(".report-figure").count()
+    assert n == (11 if which == "analysis" else 3)  # rank and geometry computed: all sections
+    # plotly drew every one: each holds its SVG and at least one trace or annotation
+    page.wait_for_function(f"document.querySelectorAll('.report-figure .main-svg').length >= {n}", timeout=30_000)
+    drawn = page.evaluate("""() => [...document.querySelectorAll('.report-figure')].map(d =>
+        d.querySelectorAll('.trace, .annotation, .scatterlayer path, .heatmaplayer image').length)""")
+    assert all(k > 0 for k in drawn), drawn
+    assert errors == [] and requested == []
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"report-{which}-file.png"), full_page=True)
+    ctx.close()
