@@ -3,6 +3,8 @@ blocked: every figure renders (plotly drew its SVG), nothing was requested; scre
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import ARGS, CHROMIUM, SHOTS, VIEWPORT
 
@@ -70,3 +72,49 @@ def test_report_renders_every_figure_offline(reports, offline_browser, which):
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"report-{which}-file.png"), full_page=True)
     ctx.close()
+
+
+def _done(svc, tuned: str) -> dict:
+    from test_browser_pages import UI_TOLERANCE, wait_for_analysis
+
+    r = svc.client.post("/api/analyses", json={"base": svc.demo("base"), "tuned": svc.demo(tuned),
+                                               "tolerance": UI_TOLERANCE})
+    body = wait_for_analysis(svc.client, r.json()["id"])
+    assert body["status"] == "done", body.get("error")
+    return body
+
+
+def _undated(page_html: str) -> str:
+    """Without the minute the report was written."""
+    return re.sub(r"Written by Subnetscope on [^.]+\.", "", page_html)
+
+
+def _download(page, button: str, tmp_path, name: str) -> str:
+    with page.expect_download(timeout=60_000) as info:
+        page.click(button)
+    path = tmp_path / name
+    info.value.save_as(str(path))
+    return path.read_text()
+
+
+@pytest.mark.browser
+def test_download_report_buttons(page, svc, tmp_path, shot):
+    from frontend import summary as S
+
+    a, b = _done(svc, "rl_a"), _done(svc, "rl_b")
+    page.goto(f"/a/{a['id']}")
+    page.wait_for_selector("#stat-sparsity", timeout=150_000)
+    assert page.inner_text("#an-summary") == S.plain_summary(a["result"])
+    shot(page, "analysis-plain-summary")
+    html_text = _download(page, "#dl-report", tmp_path, "a.html")
+    assert _undated(html_text) == _undated(R.analysis_report(a["result"]))  # the page's button, the same report
+    page.goto(f"/overlap?ids={a['id']},{b['id']}")
+    page.wait_for_selector("#ov-report", timeout=60_000)
+    assert "if they were placed at random" in page.inner_text("#ov-summary")
+    ov_html = _download(page, "#ov-report", tmp_path, "ov.html")
+    assert ov_html.count('class="report-figure"') == 3
+    page.goto(f"/compare?ids={a['id']},{b['id']}")
+    page.wait_for_selector("#compare-table tbody tr[data-id]")
+    cmp_html = _download(page, "#cmp-report", tmp_path, "cmp.html")
+    assert S.plain_summary(b["result"]).split(";")[0] in cmp_html
+    assert not page.js_errors
