@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker.engine.checkpoints.lora import adapter_spec_for_hub, merge_adapter, open_adapter, read_adapter_config
-from worker.engine.checkpoints.sources import LocalSource, Source, SourceSpec
+from worker.engine.checkpoints.adapter_config import adapter_spec_for_hub, read_adapter_config
+from worker.engine.checkpoints.local import LocalSource
+from worker.engine.checkpoints.lora import merge_adapter, open_adapter
+from worker.engine.checkpoints.sources import Source
+from worker.engine.checkpoints.spec import SourceSpec
 from worker.engine.errors import EngineError
 
 
