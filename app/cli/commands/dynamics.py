@@ -14,7 +14,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "dynamics", help="sparsity across a training run's checkpoints",
         description="Compare every checkpoint c_1..c_k of a run with the base, and each with the one before "
-                    "(metrics.md, 'Training dynamics'): sparsity at every exact tolerance, consecutive-update "
+                    "(docs/METRICS.md, 'Training dynamics'): sparsity at every exact tolerance, consecutive-update "
                     "sparsity, the ever-changed set and its share outside the subnetwork, overlap with the final "
                     "subnetwork; per layer in --json. RUN is a directory of checkpoint-<step>/ folders (HF "
                     "Trainer / TRL layout) or a Hub repo whose branches/tags are the checkpoints. Masks of the "

@@ -109,7 +109,7 @@ class Kernel:
         base = base.to(self.device, non_blocking=True)
         tuned = tuned.to(self.device, non_blocking=True)
         if base.dtype != compare_dtype:
-            base = base.to(compare_dtype)  # round to nearest even, as metrics.md says
+            base = base.to(compare_dtype)  # round to nearest even, as docs/METRICS.md says
         if tuned.dtype != compare_dtype:
             tuned = tuned.to(compare_dtype)
         stats = self._measure(base, tuned, compare_dtype, cols, want_rank)
