@@ -23,6 +23,7 @@ from . import summary as S
 from .figures import analysis as FA
 from .figures import compare as FC
 from .figures import overlap as FO
+from .figures import precision as FP
 from .figures import run as FR
 from .figures.theme import FONT
 from .notes import comparison_notes
@@ -170,7 +171,7 @@ def _analysis_sections(doc: _Doc, result: Mapping) -> None:
         doc.figure(FA.principal_energy(result))
         doc.figure(FA.geometry_heatmap(tensors))
         doc.figure(FA.geometry_layers(tensors))
-    _patch_section(doc, summary)
+    _patch_section(doc, result)
     _warnings(doc, comparison_notes(result))
 
 
@@ -193,6 +194,9 @@ def _fmt_scalar(v) -> str:
     return str(v)
 
 
+_DRAWN = ("bins", "labels", "compared", "changed", "ratio", "one_step_share")
+
+
 def _precision_section(doc: _Doc, result: Mapping) -> None:
     summary = result.get("summary") or {}
     ulp = summary.get("ulp") or {}
@@ -202,15 +206,19 @@ def _precision_section(doc: _Doc, result: Mapping) -> None:
     doc.h2("Precision")
     if any(ulp.get("counts") or []):
         doc.figure(FA.ulp_histogram(result))
-    if isinstance(precision, Mapping) and precision:
+    if FP.precision_block(result) is not None:
+        doc.figure(FP.changed_by_magnitude(result, _tolerance(result)))
+    # the per-bin lists are in the figure; the table keeps the rest (counterfactuals, cosine)
+    rest = {k: v for k, v in precision.items() if k not in _DRAWN} if isinstance(precision, Mapping) else {}
+    if rest:
         rows: list = []
-        _flat("", precision, rows)
+        _flat("", rest, rows)
         doc.add(_table(["precision field (docs/METRICS.md, 'Precision and magnitude')", "value"], rows[:200],
                        cls="mono"))
 
 
-def _patch_section(doc: _Doc, summary: Mapping) -> None:
-    patch = summary.get("patch")
+def _patch_section(doc: _Doc, result: Mapping) -> None:
+    patch = result.get("patch")
     if isinstance(patch, Mapping) and patch:
         rows: list = []
         _flat("", patch, rows)

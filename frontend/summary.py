@@ -98,11 +98,10 @@ def rank_sentence(result: Mapping) -> str | None:
     text = (f"Update rank averages {N.fmt_pct(mean, 1)} of full (the study's float32 rule, over "
             f"{N.fmt_int(rank.get('matrices'))} matrices; full rank is 100 %)")
     # the float64 numerical rank, when the engine reports it (docs/METRICS.md, "Update rank")
-    for key in ("float64_mean", "f64_mean", "mean_float64"):
-        f64 = as_number(rank.get(key))
-        if f64 is not None:
-            text += f"; {N.fmt_pct(f64, 1)} by the float64 numerical rank"
-            break
+    f64 = rank.get("f64")
+    f64_mean = as_number(f64.get("mean")) if isinstance(f64, Mapping) else None
+    if f64_mean is not None:
+        text += f"; {N.fmt_pct(f64_mean, 1)} by the float64 numerical rank"
     return text + "."
 
 
@@ -126,28 +125,40 @@ def geometry_sentence(result: Mapping) -> str | None:
 
 
 def precision_sentence(result: Mapping) -> str | None:
-    """The bf16-storage counterfactual (docs/METRICS.md, "Precision and magnitude"), when reported."""
-    p = (result.get("summary") or {}).get("precision") or {}
-    if not isinstance(p, Mapping):
+    """The bf16-storage counterfactual (docs/METRICS.md, "Precision and magnitude"), when reported:
+    summary.precision.counterfactual.bfloat16 = {numel, tensors, stored: {t: n}, rounded: {t: n}}."""
+    p = (result.get("summary") or {}).get("precision")
+    cf = p.get("counterfactual") if isinstance(p, Mapping) else None
+    bf16 = cf.get("bfloat16") if isinstance(cf, Mapping) else None
+    if not isinstance(bf16, Mapping):
         return None
-    cf = p.get("bf16_counterfactual") or p.get("counterfactual") or {}
-    if isinstance(cf, Mapping):
-        t = as_number((result.get("options") or {}).get("tolerance")) or N.DEFAULT_TOLERANCE
-        stored = cf.get("changed") or cf.get("stored")
-        bf16 = cf.get("bf16_changed") or cf.get("changed_bf16") or cf.get("bf16")
-        pick = lambda d: as_number(d.get(N.tol_key(t)) if isinstance(d, Mapping) else d)  # noqa: E731
-        a, b = (pick(stored) if stored is not None else None), (pick(bf16) if bf16 is not None else None)
-        if a and b is not None:
-            return (f"Stored in bf16, {N.fmt_pct(max(a - b, 0.0) / a)} of the {N.fmt_int(a)} elements changed at "
-                    f"t = {N.fmt_tol(t)} would read as unchanged ({N.fmt_int(b)} changed after rounding both "
-                    "sides to bf16).")
-    return None
+    t = as_number((result.get("options") or {}).get("tolerance")) or N.DEFAULT_TOLERANCE
+    stored, rounded = bf16.get("stored"), bf16.get("rounded")
+    a = as_number(stored.get(N.tol_key(t))) if isinstance(stored, Mapping) else None
+    b = as_number(rounded.get(N.tol_key(t))) if isinstance(rounded, Mapping) else None
+    if not a or b is None:
+        return None
+    return (f"Stored in bf16, {N.fmt_pct(max(a - b, 0.0) / a)} of the {N.fmt_int(a)} elements changed at "
+            f"t = {N.fmt_tol(t)} in the tensors stored wider would read as unchanged ({N.fmt_int(b)} changed after "
+            "rounding both sides to bf16).")
+
+
+def patch_sentence(result: Mapping) -> str | None:
+    """The lossless patch's estimated size against the finetuned checkpoint's bytes, when reported."""
+    patch = result.get("patch")
+    if not isinstance(patch, Mapping):
+        return None
+    size, share = as_number(patch.get("bytes")), as_number(patch.get("share"))
+    if size is None or share is None:
+        return None
+    return (f"A lossless patch from base to finetune would take about {N.fmt_bytes(size)}, {N.fmt_pct(share)} of "
+            f"the finetuned checkpoint's {N.fmt_bytes(as_number(patch.get('tuned_bytes')))}.")
 
 
 def plain_summary(result: Mapping) -> str:
     """One paragraph; every sentence a measured number beside its comparison point."""
     parts = [f(result) for f in (sparsity_sentence, bit_exact_sentence, module_sentence, rank_sentence,
-                                 geometry_sentence, precision_sentence)]
+                                 geometry_sentence, precision_sentence, patch_sentence)]
     return " ".join(p for p in parts if p)
 
 

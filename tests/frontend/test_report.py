@@ -67,15 +67,25 @@ def test_sections_follow_what_the_result_holds(demo_results):
     assert "<h2>Precision</h2>" in page  # the ULP histogram is always measured
     assert "<h2>Patch size</h2>" not in page and "The study&#x27;s value" not in page
     richer = copy.deepcopy(plain)
-    richer["summary"]["precision"] = {"bf16_counterfactual": {"changed": {"1e-05": 1000}, "bf16_changed": {"1e-05": 250}},
-                                      "magnitude_bins": {"exponent": [-8, -7], "changed": [3, None]}}
-    richer["summary"]["patch"] = {"bytes": 12345, "share": 0.25}
+    # the fields other parts add (docs/CONTRACTS.md): precision view, float64 rank, patch estimate
+    richer["summary"]["precision"] = {
+        "bins": [120, 121], "labels": ["2^-8", "2^-7"], "compared": [400, 600],
+        "changed": {"1e-05": [100, 300]}, "one_step_share": [0.5, None], "cosine": 0.9999919,
+        "counterfactual": {"bfloat16": {"numel": 1000, "tensors": 2, "stored": {"1e-05": 1000},
+                                        "rounded": {"1e-05": 250}}}}
+    richer["summary"]["rank"] = {"mean": 0.5, "matrices": 3, "f64": {"mean": 0.75, "matrices": 3}}
+    richer["patch"] = {"bytes": 12345, "share": 0.25, "tuned_bytes": 49380}
     richer["reference"] = {"sparsity": {"1e-05": 81.38, "1e-08": 76.04}, "source": "Mukherjee et al. 2025, Table 1"}
     page = R.analysis_report(richer)
     assert "<h2>Patch size</h2>" in page and "12,345" in page
-    assert "bf16_counterfactual.bf16_changed.1e-05" in page
+    assert "counterfactual.bfloat16.rounded.1e-05" in page and "0.999992" in page
+    magnitude = figures_of(page)[4]  # after curve, heatmap, layer bars, ULP
+    assert magnitude["data"][0]["y"] == [25.0, 50.0] and magnitude["data"][0]["x"] == ["2^-8", "2^-7"]
     assert "The study&#x27;s value for this pair" in page and "81.38 %" in page and "76.04 %" in page
-    assert "75.00 % of the 1,000 elements changed" in S.plain_summary(richer)
+    text = S.plain_summary(richer)
+    assert "75.00 % of the 1,000 elements changed" in text and "250 changed after rounding" in text
+    assert "Update rank averages 50.0 % of full" in text and "75.0 % by the float64 numerical rank" in text
+    assert "about 12.3 KB, 25.00 % of the finetuned checkpoint's 49.4 KB" in text
     # a malformed extra block drops its sentence, never the report
     richer["summary"]["precision"] = ["not", "a", "mapping"]
     richer["summary"]["rank"] = {"mean": "n/a"}
