@@ -33,7 +33,7 @@ def summary_table(result: dict, top: int = 10) -> str:
         lines += top_lines(result, top)
     for warning in result["warnings"]:
         lines.append(f"warning: {warning}")
-    lines += ["", textwrap.fill(plain_summary(result), width=100)]
+    lines += ["", wrap(plain_summary(result))]
     return "\n".join(lines)
 
 
@@ -88,7 +88,14 @@ def side_label(side: dict) -> str:
 
 
 def overlap_table(result: dict) -> str:
-    return _overlap_lines(result) + "\n\n" + textwrap.fill(overlap_summary(result), width=100)
+    return _overlap_lines(result) + "\n\n" + wrap(overlap_summary(result))
+
+
+def wrap(paragraph: str, width: int = 100) -> str:
+    """Wrapped at spaces, never between a number and its unit ("2.82 %")."""
+    nbsp = "\u00a0"
+    return textwrap.fill(paragraph.replace(" %", nbsp + "%").replace(" MB", nbsp + "MB").replace(" KB", nbsp + "KB")
+                         .replace(" GB", nbsp + "GB"), width=width).replace(nbsp, " ")
 
 
 def _overlap_lines(result: dict) -> str:
