@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import ARGS, CHROMIUM, SHOTS, VIEWPORT
 
 from frontend import report as R
 from worker.demo.synthetic import write_demo
@@ -31,21 +30,10 @@ def reports(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def offline_browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        # no proxy that answers: a request that slipped past the route block below still fails
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS + ["--proxy-server=127.0.0.1:9",
-                                                                     "--proxy-bypass-list=<-loopback>"])
-        yield b
-        b.close()
-
-
 @pytest.mark.parametrize("which", ["analysis", "overlap"])
-def test_report_renders_every_figure_offline(reports, offline_browser, which):
-    ctx = offline_browser.new_context(viewport=VIEWPORT, offline=True)
+def test_report_renders_every_figure_offline(reports, browser, shot, which):
+    # the network is off for the page (offline) and every request that is not the file is aborted
+    ctx = browser.new_context(viewport={"width": 1360, "height": 900}, offline=True)
     requested: list[str] = []
 
     def block(route):
@@ -69,17 +57,17 @@ def test_report_renders_every_figure_offline(reports, offline_browser, which):
         d.querySelectorAll('.trace, .annotation, .scatterlayer path, .heatmaplayer image').length)""")
     assert all(k > 0 for k in drawn), drawn
     assert errors == [] and requested == []
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"report-{which}-file.png"), full_page=True)
+    shot(page, f"report-{which}-file")
     ctx.close()
 
 
 def _done(svc, tuned: str) -> dict:
-    from test_browser_pages import UI_TOLERANCE, wait_for_analysis
+    from support.polling import wait_status
+    from test_browser_pages import UI_TOLERANCE
 
     r = svc.client.post("/api/analyses", json={"base": svc.demo("base"), "tuned": svc.demo(tuned),
                                                "tolerance": UI_TOLERANCE})
-    body = wait_for_analysis(svc.client, r.json()["id"])
+    body = wait_status(svc.client, r.json()["id"], timeout=150)
     assert body["status"] == "done", body.get("error")
     return body
 

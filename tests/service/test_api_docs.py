@@ -101,6 +101,6 @@ def test_every_api_md_example_runs(svc, tmp_path):
 
 
 def _wait_done(svc, analysis_id: str) -> None:
-    from conftest import wait_for_analysis
+    from support.polling import wait_status
 
-    assert wait_for_analysis(svc.client, analysis_id)["status"] == "done"
+    assert wait_status(svc.client, analysis_id, timeout=150)["status"] == "done"
