@@ -14,6 +14,7 @@ import sys
 from app.cli.commands import dynamics as dynamics_commands
 from app.cli.commands import engine as engine_commands
 from app.cli.commands import patch as patch_commands
+from app.cli.commands import report as report_commands
 from app.cli.commands import server as server_commands
 
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine_commands.register(sub)
     patch_commands.register(sub)
     dynamics_commands.register(sub)
+    report_commands.register(sub)
     server_commands.register(sub)
     return parser
 

@@ -1,4 +1,4 @@
-"""Which tensors of two checkpoints are compared, and how (metrics.md, "Pairing tensors")."""
+"""Which tensors of two checkpoints are compared, and how (docs/METRICS.md, "Pairing tensors")."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class Pairing:
     warnings: list[str] = field(default_factory=list)
 
 
-# The dtypes compared (metrics.md); F64 and integer tensors are reported as unsupported.
+# The dtypes compared (docs/METRICS.md); F64 and integer tensors are reported as unsupported.
 SUPPORTED_DTYPES = ("BF16", "F16", "F32", "F8_E4M3", "F8_E5M2")
 
 
