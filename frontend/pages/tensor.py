@@ -86,6 +86,9 @@ def cards(record: dict, t: float, curve) -> list:
         stat("Update rank", "not computed" if record.get("rank") is None else N.fmt_int(record["rank"]),
              None if record.get("rank_ratio") is None else f"{N.fmt_pct(record['rank_ratio'], 1)} of full"),
     ]
+    q = record.get("quantization")
+    if q:
+        out.append(quantization_stat(q))
     if g:
         i = FA.headline_index(0.05, g["q"])
         e, b = g["energy"]["two_sided"][i], g["baseline"]["two_sided"][i]
@@ -104,6 +107,15 @@ def cards(record: dict, t: float, curve) -> list:
         out.append(stat("Update geometry", html.Span("not computed", className="stat-na", id="tn-energy"),
                         "submit with geometry 'sampled' or 'all'"))
     return out
+
+
+def quantization_stat(q: dict):
+    """Block-scaled fp8 / MXFP4: the values above are dequantized; the stored codes and scales, secondary."""
+    formats = q["base"] if q.get("base") == q.get("tuned") else f"{q.get('base') or 'unquantized'} vs {q.get('tuned') or 'unquantized'}"
+    if "codes_changed" not in q:
+        return stat("Quantized storage", html.Span("values compared", id="tn-quant"), f"{formats}; dequantized, float64")
+    return stat("Stored codes changed", html.Span(N.fmt_int(q["codes_changed"]), id="tn-quant"),
+                f"{formats}; scale blocks changed {N.fmt_int(q['scale_blocks_changed'])} of {N.fmt_int(q['scale_blocks'])}")
 
 
 def register(app, api):

@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 
 from worker.engine import masks as mask_files
+from worker.engine.checkpoints.quantized import CodeCounts, quantization_record
 from worker.engine.checkpoints.sources import Piece, Source
 from worker.engine.errors import EngineError
 from worker.engine.kernel import geometry as geo
@@ -28,6 +29,7 @@ from worker.engine.kernel.accumulator import Kernel
 from worker.engine.kernel.bins import EXACT_TOLERANCES
 from worker.engine.pairing.location import locate, name_order
 from worker.engine.pairing.pairs import Pair, Pairing, check_compatible, pair_tensors
+from worker.engine.patch.estimate import estimate as estimate_patch
 from worker.engine.result import ENGINE_VERSION, SCHEMA, build_result, tensor_record  # noqa: F401 (re-exported)
 from worker.engine.tolerance import Tolerance, tolerance_key
 
@@ -347,6 +349,9 @@ def analyze_part(
 
     def finished(pair: Pair, stats: dict) -> None:
         record = tensor_record(pair, stats)
+        quantization = quantization_record(base, tuned, pair.base.name, pair.tuned.name, codes.pop(pair.name))
+        if quantization:  # fp8 blocks / MXFP4: the formats, and changed scales and codes
+            record["quantization"] = quantization
         records[pair.name] = record
         progress.tensors_done += 1
         if on_tensor:
@@ -364,7 +369,10 @@ def analyze_part(
 
     svds = _SvdFinisher(kernel, device, finished, showing)
 
+    codes = CodeCounts()  # fp8 blocks / MXFP4: stored codes that changed, from the pieces read
+
     def measure(piece: Piece, b: torch.Tensor, t: torch.Tensor):
+        codes.add(piece.name, b, t)
         pair = by_name[piece.name]
         cols = pair.shape[1] if len(pair.shape) == 2 else None
         return kernel.measure(b, t, pair.compare_dtype, cols, _wants_rank(pair, options.rank, sampled),
@@ -417,6 +425,7 @@ def finish(base: Source, tuned: Source, options: AnalysisOptions, records: Mappi
     result = build_result(base, tuned, options, ordered, pairing.unmatched, pairing.warnings)
     result["summary"].update(bytes_read=bytes_read, seconds=round(seconds, 3),
                              device=pick_device(options.device).type)
+    result["patch"] = estimate_patch(result, tuned.total_bytes)
     if masks_dir is not None:
         mask_files.assemble(
             masks_dir,

@@ -1,6 +1,6 @@
 """Singular values of Delta, shared by both update ranks and by geometry's stable / effective rank.
 
-Definitions ("Update rank" in ../shared/design/metrics.md), for Delta (m x n), p = max(m, n):
+Definitions ("Update rank" in docs/METRICS.md), for Delta (m x n), p = max(m, n):
 
     study rank   torch.linalg.matrix_rank(float32 Delta): sigma32_i > sigma32_1 * p * 2^-23,
                  sigma32 the singular values of a float32 SVD (the study's Table 2)

@@ -1,4 +1,4 @@
-"""Which tensors of two checkpoints are compared, and how (metrics.md, "Pairing tensors")."""
+"""Which tensors of two checkpoints are compared, and how (docs/METRICS.md, "Pairing tensors")."""
 
 from __future__ import annotations
 
@@ -35,8 +35,21 @@ class Pairing:
     warnings: list[str] = field(default_factory=list)
 
 
-# The dtypes compared (metrics.md); F64 and integer tensors are reported as unsupported.
+# The dtypes compared (docs/METRICS.md); F64 and integer tensors are reported as unsupported.
 SUPPORTED_DTYPES = ("BF16", "F16", "F32", "F8_E4M3", "F8_E5M2")
+
+
+def _decoded(info: TensorInfo) -> bool:
+    return bool(getattr(info, "decoded", False))
+
+
+def _format(info: TensorInfo) -> str:
+    """The stored dtype, or the quantized format of a dequantized tensor (e.g. "fp8 e4m3, 128x128 f32 scales")."""
+    return info.label if _decoded(info) else info.dtype
+
+
+def _supported(info: TensorInfo) -> bool:
+    return _decoded(info) or info.dtype in SUPPORTED_DTYPES
 
 
 def _narrower(a: torch.dtype, b: torch.dtype) -> torch.dtype:
@@ -71,7 +84,7 @@ def pair_tensors(base: Source, tuned: Source) -> Pairing:
     common = sorted(names.common, key=where)
     for name in common:
         b, t = base.tensors[names.common[name][0]], tuned.tensors[names.common[name][1]]
-        if b.dtype not in SUPPORTED_DTYPES or t.dtype not in SUPPORTED_DTYPES:
+        if not (_supported(b) and _supported(t)):
             unmatched["unsupported"].append({"name": name, "base_dtype": b.dtype, "tuned_dtype": t.dtype})
             continue
         shape, added, removed = b.shape, 0, 0
@@ -89,7 +102,13 @@ def pair_tensors(base: Source, tuned: Source) -> Pairing:
                 unmatched["shape_mismatch"].append({"name": name, "base_shape": list(b.shape), "tuned_shape": list(t.shape)})
                 continue
         compare = b.torch_dtype
-        if b.torch_dtype != t.torch_dtype:
+        if _decoded(b) or _decoded(t):
+            # Dequantized weights (fp8 blocks, MXFP4) are compared on their values, exactly in float64.
+            compare = torch.float64
+            if _format(b) != _format(t):
+                unmatched["dtype_mismatch"].append({"name": name, "base_dtype": _format(b), "tuned_dtype": _format(t),
+                                                    "compare_dtype": "float64"})
+        elif b.torch_dtype != t.torch_dtype:
             compare = _narrower(b.torch_dtype, t.torch_dtype)
             unmatched["dtype_mismatch"].append({"name": name, "base_dtype": b.dtype, "tuned_dtype": t.dtype,
                                                 "compare_dtype": str(compare).removeprefix("torch.")})
@@ -97,6 +116,13 @@ def pair_tensors(base: Source, tuned: Source) -> Pairing:
     out.unmatched = unmatched
     out.warnings = _warnings(unmatched)
     return out
+
+
+# Prefixes that training wrappers add to every name, and what they are.
+WRAPPER_PREFIXES = {
+    "_orig_mod.": "the state dict of a torch.compile'd model, saved without unwrapping it",
+    "module.": "the state dict of a DistributedDataParallel / DataParallel wrapper, saved without unwrapping it",
+}
 
 
 def _warnings(u: dict) -> list[str]:
@@ -117,7 +143,14 @@ def _warnings(u: dict) -> list[str]:
         )
     # Only an equal-width pair is compared in float32 (against F32, the other side is narrower).
     same_width = [d for d in u["dtype_mismatch"] if d.get("compare_dtype") == "float32"]
-    mismatched = [d for d in u["dtype_mismatch"] if d.get("compare_dtype") != "float32"]
+    dequantized = [d for d in u["dtype_mismatch"] if d.get("compare_dtype") == "float64"]
+    mismatched = [d for d in u["dtype_mismatch"] if d.get("compare_dtype") not in ("float32", "float64")]
+    if dequantized:
+        d = dequantized[0]
+        w.append(
+            f"{len(dequantized)} tensors are stored in different formats (e.g. {d['base_dtype']} vs {d['tuned_dtype']}): "
+            "both sides were dequantized and compared on their values, exactly in float64."
+        )
     if mismatched:
         d = mismatched[0]
         w.append(
@@ -142,9 +175,9 @@ def _warnings(u: dict) -> list[str]:
     if u.get("prefix"):
         p = u["prefix"]
         other = "finetuned model" if p["side"] == "base" else "base"
+        why = WRAPPER_PREFIXES.get(p["prefix"], "a bare model against one saved with its head")
         w.append(f"The {'base' if p['side'] == 'base' else 'finetuned model'} names its tensors with the prefix "
-                 f"'{p['prefix']}' and the {other} does not (a bare model against one saved with its head): "
-                 "names were matched without it.")
+                 f"'{p['prefix']}' and the {other} does not ({why}): names were matched without it.")
     return w
 
 
