@@ -24,6 +24,7 @@ from .figures import analysis as FA
 from .figures import compare as FC
 from .figures import overlap as FO
 from .figures import precision as FP
+from .figures import rank as FRK
 from .figures import run as FR
 from .figures.theme import FONT
 from .notes import comparison_notes
@@ -164,8 +165,8 @@ def _analysis_sections(doc: _Doc, result: Mapping) -> None:
                    [False, False, True, True, True, True], cls="mono"))
     _precision_section(doc, result)
     if rank_mean is not None:
-        doc.h2("Update rank")
-        doc.figure(FA.rank_chart(result))
+        doc.h2("Update rank (the study's float32 rule beside the float64 numerical rank)")
+        doc.figure(FRK.rank_chart(result))
     if FA.geometry_summary(result) is not None:
         doc.h2("Update geometry")
         doc.figure(FA.principal_energy(result))
