@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("ours_rank", "ours_geometry"):
         if key in M and M[key]["peak_rss"] > GIB:
             print(f"{key}: peak RSS {fmt_bytes(M[key]['peak_rss'])} is above the 1 GiB target")
-    (a.out / "svd_peers.json").write_text(json.dumps(M, indent=1, default=str))
+    path = a.out / "svd_peers.json"  # a run of some methods keeps the others' last numbers
+    kept = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**kept, **M}, indent=1, default=str))
     return 0
 
 

@@ -114,7 +114,9 @@ class Kernel:
         # with geometry, the SVD phase takes Delta from geometry's rows: no third copy kept
         stats = self._measure(base, tuned, compare_dtype, cols, want_rank and not want_geometry)
         if want_geometry and cols:  # a copy: the source may reuse or unmap its buffers after release
-            stats.geometry_rows = tuple(x.to("cpu", torch.float32, copy=True).view(-1, cols) for x in (base, tuned))
+            # 16-bit rows stay 16-bit (half the memory; the SVD phase widens a block at a time), others float32
+            keep = base.dtype if base.dtype in (torch.bfloat16, torch.float16) else torch.float32
+            stats.geometry_rows = tuple(x.to("cpu", keep, copy=True).view(-1, cols) for x in (base, tuned))
         return stats
 
     def _measure(self, base, tuned, compare_dtype, cols, want_rank) -> PieceStats:
