@@ -8,6 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from app.cli.precision_table import precision_lines
+
 RANK_MODES = ("off", "sampled", "all")
 
 
@@ -211,6 +213,7 @@ def summary_table(result: dict) -> str:
     if s["rank"]["mean"] is not None:
         lines.append(f"mean update rank {100 * s['rank']['mean']:.1f}% of full over {s['rank']['matrices']} matrices")
     lines += geometry_lines(s.get("geometry") or {})
+    lines += precision_lines(s.get("precision"))
     for warning in result["warnings"]:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
