@@ -28,7 +28,7 @@ from worker.engine import (
     open_source,
     parse_source,
 )
-from worker.engine.checkpoints.lora import base_spec_for, parse_adapter_config
+from worker.engine.checkpoints.adapter_config import base_spec_for, parse_adapter_config
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from worker.engine.checkpoints import sources
+from worker.engine.checkpoints import local
 from worker.engine.kernel import numba_backend as cpu_kernel
 from worker.engine.kernel.accumulator import EXACT_TOLERANCES, Kernel
 
@@ -95,19 +95,19 @@ def test_fused_kernel_equals_the_torch_path(monkeypatch, dtype, share, compress)
 def digest_cache(tmp_path, monkeypatch):
     folder = tmp_path / "digests"
     monkeypatch.setenv("SUBNETSCOPE_DIGEST_CACHE", str(folder))
-    monkeypatch.setattr(sources, "_FILE_DIGESTS", {})
+    monkeypatch.setattr(local, "_FILE_DIGESTS", {})
     return folder
 
 
 def _forget_in_process(monkeypatch):
-    monkeypatch.setattr(sources, "_FILE_DIGESTS", {})  # as a new process would
+    monkeypatch.setattr(local, "_FILE_DIGESTS", {})  # as a new process would
 
 
 def test_a_settled_file_is_hashed_once_across_processes(tmp_path, digest_cache, monkeypatch):
-    monkeypatch.setattr(sources, "_SETTLE_NS", -(10**18))  # as if written long ago
+    monkeypatch.setattr(local, "_SETTLE_NS", -(10**18))  # as if written long ago
     f = tmp_path / "w.safetensors"
     f.write_bytes(os.urandom(1 << 16))
-    first = sources._file_digest(f)
+    first = local._file_digest(f)
     assert len(list(digest_cache.rglob("*.json"))) == 1
     _forget_in_process(monkeypatch)
 
@@ -115,49 +115,49 @@ def test_a_settled_file_is_hashed_once_across_processes(tmp_path, digest_cache, 
         def __init__(self, *a, **k):
             raise AssertionError("hashed again")
 
-    monkeypatch.setattr(sources.blake3, "blake3", NoHashing)
-    assert sources._file_digest(f) == first
+    monkeypatch.setattr(local.blake3, "blake3", NoHashing)
+    assert local._file_digest(f) == first
 
 
 def test_an_in_place_rewrite_that_keeps_size_and_mtime_is_seen(tmp_path, digest_cache, monkeypatch):
-    monkeypatch.setattr(sources, "_SETTLE_NS", -(10**18))
+    monkeypatch.setattr(local, "_SETTLE_NS", -(10**18))
     f = tmp_path / "w.safetensors"
     f.write_bytes(b"a" * 4096)
     st = f.stat()
-    first = sources._file_digest(f)
+    first = local._file_digest(f)
     time.sleep(0.05)  # past the file system's timestamp tick
     with open(f, "r+b") as h:  # same inode, same size
         h.write(b"b" * 4096)
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime put back; ctime moves anyway
     assert f.stat().st_mtime_ns == st.st_mtime_ns and f.stat().st_size == st.st_size
     _forget_in_process(monkeypatch)
-    assert sources._file_digest(f) != first
+    assert local._file_digest(f) != first
 
 
 def test_a_recent_file_is_hashed_but_not_remembered(tmp_path, digest_cache):
     f = tmp_path / "w.safetensors"
     f.write_bytes(b"x" * 1000)
-    digest = sources._file_digest(f)
-    assert digest == sources.blake3.blake3(b"x" * 1000).hexdigest()
-    assert not digest_cache.exists() and not sources._FILE_DIGESTS
+    digest = local._file_digest(f)
+    assert digest == local.blake3.blake3(b"x" * 1000).hexdigest()
+    assert not digest_cache.exists() and not local._FILE_DIGESTS
 
 
 def test_the_disk_cache_can_be_turned_off(tmp_path, monkeypatch):
     monkeypatch.setenv("SUBNETSCOPE_DIGEST_CACHE", "off")
-    monkeypatch.setattr(sources, "_SETTLE_NS", -(10**18))
-    assert sources._digest_cache_dir() is None
+    monkeypatch.setattr(local, "_SETTLE_NS", -(10**18))
+    assert local._digest_cache_dir() is None
     f = tmp_path / "w.safetensors"
     f.write_bytes(b"y" * 10)
-    assert sources._file_digest(f) == sources.blake3.blake3(b"y" * 10).hexdigest()
+    assert local._file_digest(f) == local.blake3.blake3(b"y" * 10).hexdigest()
 
 
 def test_a_corrupt_cache_entry_is_ignored(tmp_path, digest_cache, monkeypatch):
-    monkeypatch.setattr(sources, "_SETTLE_NS", -(10**18))
+    monkeypatch.setattr(local, "_SETTLE_NS", -(10**18))
     f = tmp_path / "w.safetensors"
     f.write_bytes(b"z" * 100)
-    right = sources._file_digest(f)
+    right = local._file_digest(f)
     for entry in digest_cache.rglob("*.json"):
         entry.write_text("{not json")
     _forget_in_process(monkeypatch)
-    assert sources._file_digest(f) == right
+    assert local._file_digest(f) == right
     np.testing.assert_equal(len(list(digest_cache.rglob("*.json"))), 1)

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from worker.engine import AnalysisOptions, EngineError, Piece, SourceSpec, analyze, parse_source
 from worker.engine.checkpoints.hub import HubSource
-from worker.engine.checkpoints.sources import LocalSource
+from worker.engine.checkpoints.local import LocalSource
 
 pytestmark = pytest.mark.timeout(120)
 

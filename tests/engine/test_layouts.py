@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from worker.engine import AnalysisOptions, EngineError, SourceSpec, analyze, parse_source
 from worker.engine.checkpoints.hub import HubSource
 from worker.engine.checkpoints.layout import is_variant, select_weights
-from worker.engine.checkpoints.sources import LocalSource
+from worker.engine.checkpoints.local import LocalSource
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -368,17 +368,25 @@ def test_api_fields_and_analysis_id():
 
 
 def test_the_sources_modules_depend_one_way():
-    """sources <- hub <- open: sources imports neither hub nor open, hub does not import open."""
+    """spec <- sources <- local <- hub_http <- hub <- open: the shared parts import no source kind,
+    local imports no Hub module, and hub does not import open."""
     import ast
+    import importlib
 
-    import worker.engine.checkpoints.hub as hub_module
-    import worker.engine.checkpoints.sources as sources_module
-
-    def imported(module) -> set[str]:
+    def imported(name: str) -> set[str]:
+        module = importlib.import_module(f"worker.engine.checkpoints.{name}")
         tree = ast.parse(Path(module.__file__).read_text())
         return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
             a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
 
-    assert not imported(sources_module) & {"worker.engine.checkpoints.hub", "worker.engine.checkpoints.open"}
-    assert "worker.engine.checkpoints.open" not in imported(hub_module)
-    assert "worker.engine.checkpoints.sources" in imported(hub_module)
+    ours = "worker.engine.checkpoints."
+    above = {name: {ours + m for m in later} for name, later in {
+        "spec": ("sources", "local", "hub", "hub_http", "open"),
+        "sources": ("local", "hub", "hub_http", "open"),
+        "local": ("hub", "hub_http", "open"),
+        "hub_http": ("hub", "open", "local"),
+        "hub": ("open",),
+    }.items()}
+    for name, forbidden in above.items():
+        assert not imported(name) & forbidden, name
+    assert {ours + "sources", ours + "hub_http", ours + "local"} <= imported("hub")

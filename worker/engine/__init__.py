@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     )
     from worker.engine.checkpoints.lora import LoraMergedSource
     from worker.engine.checkpoints.open import open_pair, open_source
-    from worker.engine.checkpoints.sources import Piece, Source, SourceSpec, parse_source
+    from worker.engine.checkpoints.sources import Piece, Source
+    from worker.engine.checkpoints.spec import SourceSpec, parse_source
     from worker.engine.errors import EngineError
     from worker.engine.kernel.bins import CURVE_TOLERANCES, EXACT_TOLERANCES
     from worker.engine.masks import load_masks
@@ -37,7 +38,8 @@ _HOME = {
                                "analyze_part", "finish", "plan_analysis"),
     "worker.engine.checkpoints.lora": ("LoraMergedSource",),
     "worker.engine.checkpoints.open": ("open_pair", "open_source"),
-    "worker.engine.checkpoints.sources": ("Piece", "Source", "SourceSpec", "parse_source"),
+    "worker.engine.checkpoints.sources": ("Piece", "Source"),
+    "worker.engine.checkpoints.spec": ("SourceSpec", "parse_source"),
     "worker.engine.errors": ("EngineError",),
     "worker.engine.kernel.bins": ("CURVE_TOLERANCES", "EXACT_TOLERANCES"),
     "worker.engine.masks": ("load_masks",),

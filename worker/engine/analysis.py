@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 
 from worker.engine import masks as mask_files
+from worker.engine.checkpoints.quantized import CodeCounts, quantization_record
 from worker.engine.checkpoints.sources import Piece, Source
 from worker.engine.errors import EngineError
 from worker.engine.kernel import geometry as geo
@@ -343,6 +344,9 @@ def analyze_part(
 
     def finished(pair: Pair, stats: dict) -> None:
         record = tensor_record(pair, stats)
+        quantization = quantization_record(base, tuned, pair.base.name, pair.tuned.name, codes.pop(pair.name))
+        if quantization:  # fp8 blocks / MXFP4: the formats, and changed scales and codes
+            record["quantization"] = quantization
         records[pair.name] = record
         progress.tensors_done += 1
         if on_tensor:
@@ -355,7 +359,10 @@ def analyze_part(
 
     svds = _SvdFinisher(kernel, device, finished, showing)
 
+    codes = CodeCounts()  # fp8 blocks / MXFP4: stored codes that changed, from the pieces read
+
     def measure(piece: Piece, b: torch.Tensor, t: torch.Tensor):
+        codes.add(piece.name, b, t)
         pair = by_name[piece.name]
         cols = pair.shape[1] if len(pair.shape) == 2 else None
         return kernel.measure(b, t, pair.compare_dtype, cols, _wants_rank(pair, options.rank, sampled),

@@ -18,7 +18,7 @@ from worker.engine.pairing.pairs import Pair
 from worker.engine.reference import reference_for
 from worker.engine.tolerance import tolerance_key
 
-ENGINE_VERSION = "0.2.0"
+ENGINE_VERSION = "0.3.0"
 SCHEMA = 1
 
 

@@ -30,7 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.engine.checkpoints.sources import Source, SourceSpec, parse_source, validate_revision
+from worker.engine.checkpoints.sources import Source
+from worker.engine.checkpoints.spec import SourceSpec, parse_source, validate_revision
 from worker.engine.errors import EngineError
 
 # How many checkpoints (after the base) a run may compare by default; the service's
