@@ -59,6 +59,10 @@ base greedy addition accuracy 94.1 %, expected reward 0.527. SFT: subtraction 8.
 every checkpoint and up at 6 of the 8; greedy accuracy 93.8 %. Sparsity (subnetscope analyze, t = 0 / 1e-5):
 base -> sft 2.93 % / 2.93 %; base -> rl 46.59 % / 46.86 %. About 40 CPU seconds.
 
+The fp32 masters are written too (`trained/sft_fp32`, `trained/rl_fp32`: the finals' AdamW
+masters; `trained/base_fp32`: the bf16 base in fp32, where both started), so that a pair of
+them shows every fp32 update and the bf16 storage counterfactual what bf16 saving erased.
+
 Each `checkpoint-<step>/` holds model.safetensors, config.json and trainer_state.json
 (the Trainer's file: global_step, log_history with loss, grad norm, learning rate,
 reward, eval accuracies), with no wall-clock fields, so the bytes repeat. `quick=True`

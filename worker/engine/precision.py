@@ -36,16 +36,18 @@ def tensor_precision(acc, exact: Sequence[float]) -> dict:
     if acc.mag_compared is None:
         return out
     bins = np.flatnonzero(acc.mag_compared)
+    classes = acc.mag_joint.sum(axis=1)  # per (magnitude bin, tolerance class); class 0 is not used
+    ratio = acc.mag_joint[:, :RATIO_BUCKETS, :].sum(axis=2)  # per (bin, ratio bucket): the values that moved
     # Class c holds the elements changed at exactly the c smallest exact tolerances: changed(t_j) = classes > j.
-    above = np.cumsum(acc.mag_classes[:, ::-1], axis=1)[:, ::-1]  # above[:, c] = sum of classes >= c
+    above = np.cumsum(classes[:, ::-1], axis=1)[:, ::-1]  # above[:, c] = sum of classes >= c
     keys = [tolerance_key(t) for t in exact]
-    cells = np.argwhere(acc.mag_ratio)
+    cells = np.argwhere(ratio)
     cf = acc.counterfactual
     out["precision"] = {
         "bins": bins.tolist(),
         "compared": acc.mag_compared[bins].tolist(),
         "changed": {k: above[bins, j + 1].tolist() for j, k in enumerate(keys)},
-        "ratio": [[int(b), int(r), int(acc.mag_ratio[b, r])] for b, r in cells],
+        "ratio": [[int(b), int(r), int(ratio[b, r])] for b, r in cells],
         "counterfactual": {COUNTERFACTUALS[i]: {k: int(cf[i, j + 1:].sum()) for j, k in enumerate(keys)}
                            for i in range(acc.cf_kinds)},
     }

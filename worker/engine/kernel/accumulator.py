@@ -62,8 +62,7 @@ class TensorAccumulator:
     # The precision view (bins.py): sums of the pieces' arrays; None until the first piece brings them.
     cf_kinds: int = 0
     mag_compared: np.ndarray | None = None
-    mag_classes: np.ndarray | None = None
-    mag_ratio: np.ndarray | None = None
+    mag_joint: np.ndarray | None = None
     counterfactual: np.ndarray | None = None
     dot: float = 0.0
     tuned_sq: float = 0.0
@@ -153,14 +152,12 @@ class Kernel:
             acc.geometry_rows.append(piece.geometry_rows)
         if piece.mag_compared is not None:
             if acc.mag_compared is None:
-                acc.mag_compared = piece.mag_compared.copy()
-                acc.mag_classes = piece.mag_classes.copy()
-                acc.mag_ratio = piece.mag_ratio.copy()
-                acc.counterfactual = piece.counterfactual.copy()
+                acc.mag_compared = piece.mag_compared.astype(np.int64)
+                acc.mag_joint = piece.mag_joint.astype(np.int64)
+                acc.counterfactual = piece.counterfactual.astype(np.int64)
             else:
                 acc.mag_compared += piece.mag_compared
-                acc.mag_classes += piece.mag_classes
-                acc.mag_ratio += piece.mag_ratio
+                acc.mag_joint += piece.mag_joint
                 acc.counterfactual += piece.counterfactual
             acc.dot += piece.dot
             acc.tuned_sq += piece.tuned_sq

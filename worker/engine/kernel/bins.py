@@ -122,12 +122,12 @@ class PieceStats:
     # (base rows, tuned rows) as float32 on the CPU, for geometry: exact for every compared dtype
     geometry_rows: tuple[torch.Tensor, torch.Tensor] | None = None
     chosen_changed: int | None = None  # count of `mask` (given when the mask is not kept)
-    # The precision view (numpy int64): compared per magnitude bin (MAG_BINS), changed per
-    # (magnitude bin, tolerance class) and per (magnitude bin, ratio bucket), counterfactual
+    # The precision view (numpy): compared per magnitude bin (MAG_BINS); elements per (magnitude
+    # bin, ratio bucket or NO_RATIO, tolerance class), where only cells of a bucket < NO_RATIO or a
+    # class > 0 are defined (the rest hold what a backend happened to visit); counterfactual
     # classes per applicable storage dtype; float64 sums for the cosine.
     mag_compared: np.ndarray | None = None
-    mag_classes: np.ndarray | None = None
-    mag_ratio: np.ndarray | None = None
+    mag_joint: np.ndarray | None = None
     counterfactual: np.ndarray | None = None
     dot: float = 0.0
     tuned_sq: float = 0.0

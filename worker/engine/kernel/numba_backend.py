@@ -276,14 +276,14 @@ def _classify(cb, cu, vb, vu, m, shift, nan_bin, chosen, bins, ads, ub, fl):
 
 @numba.njit(nogil=True, cache=True, fastmath=_FAST)
 def _measure(b_raw, u_raw, table, kind, shift, lut, nan_bin, chosen, cols, curve, ulp, mask, want_mask, col_flags,
-             compress, mbits, emin, keys, cls, ncls, magcls, magratio, cf_kinds, cf):
+             compress, mbits, emin, keys, cls, ncls, magcls, cf_kinds, cf):
     """Fold one piece into `curve` (2 nbins + 1 counts: (bin, refine bit) pairs and a spare
     slot), `ulp` (buckets and a spare slot), `mask` (when `want_mask`) and `col_flags`.
     `lut` is the tolerance of each curve bin, +inf for none and for the spare bin.
     The precision view (numba_precision.py): `keys` counts every base element by its raw
-    sign+exponent bits (>> mbits), `magcls` and `magratio` the differing ones by (magnitude
-    bin, tolerance class `cls` of (bin, refine bit)) and (magnitude bin, ratio bucket), `cf`
-    their classes in the storage counterfactuals (`cf_kinds` of them).
+    sign+exponent bits (>> mbits), `magcls` the differing ones by (magnitude bin, ratio bucket,
+    tolerance class `cls` of (bin, refine bit)), `cf` their classes in the storage
+    counterfactuals (`cf_kinds` of them).
     Returns (nan, delta_sq, base_sq, max_abs, rows_touched, chosen_changed, base zeros, base
     NaNs, sum b u, sum b^2, sum u^2 over the differing elements).
     """
@@ -310,14 +310,12 @@ def _measure(b_raw, u_raw, table, kind, shift, lut, nan_bin, chosen, cols, curve
     fl = np.empty(CHUNK, np.bool_)
     vb = np.empty(CHUNK, np.float32)
     vu = np.empty(CHUNK, np.float32)
-    mags = np.empty(CHUNK, np.int64)
-    ratios = np.empty(CHUNK, np.int64)
+    joint = np.empty(CHUNK, np.int64)
     zeros = 0
     nans_base = 0
     bu = 0.0
     bb = 0.0
     uu = 0.0
-    nratio = NO_RATIO + 1
     for start in range(0, n, CHUNK):
         b = b_raw[start:start + CHUNK]
         u = u_raw[start:start + CHUNK]
@@ -338,7 +336,7 @@ def _measure(b_raw, u_raw, table, kind, shift, lut, nan_bin, chosen, cols, curve
         nan += nn
         differ += df
         chosen_changed += cc
-        pbu, pbb, puu = precision.classify(vb, vu, ads, m, mbits, emin, mags, ratios)
+        pbu, pbb, puu = precision.classify(vb, vu, ads, m, mbits, emin, joint)
         bu += pbu
         bb += pbb
         uu += puu
@@ -347,8 +345,7 @@ def _measure(b_raw, u_raw, table, kind, shift, lut, nan_bin, chosen, cols, curve
             r = 2 * k + (not ads[p] <= lut[k])  # NaN is refined (above +inf), as on the torch path
             curve[r] += 1
             ulp[ub[p]] += 1
-            magcls[mags[p] * ncls + cls[r]] += 1
-            magratio[mags[p] * nratio + ratios[p]] += 1
+            magcls[joint[p] * ncls + cls[r]] += 1  # (magnitude bin, ratio bucket, tolerance class)
         if cf_kinds:
             precision.counterfactual(vb, vu, m, cf_kinds, lut, cls, nan_bin, cf, ncls)
         if cc == 0:
@@ -399,8 +396,8 @@ def measure_cpu(base: torch.Tensor, tuned: torch.Tensor, dtype: torch.dtype, col
 
     Returns (curve, ulp, mask or None, col_flags, (nan, delta_sq, base_sq, max_abs,
     rows_touched, chosen_changed), precision): curve holds (bin, refine bit) pairs, as the torch
-    path counts them; precision is (compared per magnitude bin, changed per (bin, class), per
-    (bin, ratio bucket), counterfactual classes, dot, tuned_sq).
+    path counts them; precision is (compared per magnitude bin, the differing elements per
+    (bin, ratio bucket, tolerance class), counterfactual classes, dot, tuned_sq).
     """
     n = base.numel()
     nbins = lut.shape[0]
@@ -423,19 +420,18 @@ def measure_cpu(base: torch.Tensor, tuned: torch.Tensor, dtype: torch.dtype, col
     ulp = np.zeros(ULP_BUCKETS + 1, np.int64)
     mask = np.zeros(n if want_mask else 1, np.uint8)
     col_flags = np.zeros(cols or 1, np.uint8)
-    keys = np.zeros(1 << (width - mbits), np.int64)
-    magcls = np.zeros(MAG_BINS * ncls, np.int64)
-    magratio = np.zeros(MAG_BINS * (NO_RATIO + 1), np.int64)
+    keys = np.zeros((8, 1 << (width - mbits)), np.uint32)  # a piece has fewer than 2^32 elements
+    magcls = np.zeros(MAG_BINS * (NO_RATIO + 1) * ncls, np.uint32)
     cf = np.zeros(2 * ncls, np.int64)
     out = _measure(b_raw, u_raw, table, kind, shift, _with_spare(lut), nbins - 1, chosen, cols or 0,
                    curve, ulp, mask, want_mask, col_flags, _COMPRESS, mbits, emin, keys, cls, ncls, magcls,
-                   magratio, cf_kinds, cf)
+                   cf_kinds, cf)
     nan, delta_sq, base_sq, max_abs, rows_touched, chosen_changed, zeros, nans_base, bu, bb, uu = out
-    compared = fold_keys(keys, dtype, zeros, nans_base)
+    compared = fold_keys(keys.sum(axis=0, dtype=np.int64), dtype, zeros, nans_base)
     # Equal bits are equal values: b u = b^2 = u^2 there, so the differing elements' sums correct base_sq.
     equal_sq = base_sq - bb
-    precision = (compared, magcls.reshape(MAG_BINS, ncls), magratio.reshape(MAG_BINS, NO_RATIO + 1)[:, :NO_RATIO],
-                 cf.reshape(2, ncls)[:cf_kinds], equal_sq + bu, equal_sq + uu)
+    precision = (compared, magcls.reshape(MAG_BINS, NO_RATIO + 1, ncls), cf.reshape(2, ncls)[:cf_kinds],
+                 equal_sq + bu, equal_sq + uu)
     return (curve[:-1], ulp[:-1], mask.view(np.bool_) if want_mask else None, col_flags.view(np.bool_),
             (nan, delta_sq, base_sq, max_abs, rows_touched, chosen_changed), precision)
 
@@ -453,14 +449,14 @@ class NumbaBackend:
             base.contiguous(), tuned.contiguous(), compare_dtype, cols, self._lut, self.chosen, keep_masks,
             self._cls, cf_kinds)
         nan, delta_sq, base_sq, max_abs, rows_touched, chosen_changed = out
-        compared, magcls, magratio, cf, dot, tuned_sq = prec
+        compared, joint, cf, dot, tuned_sq = prec
         stats = PieceStats(
             curve=torch.from_numpy(curve), ulp=torch.from_numpy(ulp),
             mask=torch.from_numpy(mask) if mask is not None else None,
             numel=base.numel(), nan=nan, delta_sq=delta_sq, base_sq=base_sq, max_abs=max_abs,
             rows_touched=rows_touched, cols_touched=torch.from_numpy(col_flags) if cols else None,
             chosen_changed=chosen_changed,
-            mag_compared=compared, mag_classes=magcls, mag_ratio=magratio, counterfactual=cf,
+            mag_compared=compared, mag_joint=joint, counterfactual=cf,
             dot=dot, tuned_sq=tuned_sq,
         )
         if want_rank and cols:

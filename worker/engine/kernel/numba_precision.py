@@ -24,17 +24,24 @@ _FAST = {"reassoc", "contract"}
 
 @numba.njit(nogil=True, cache=True)
 def key_histogram(b, hist, shift):
-    """hist[b[i] >> shift] += 1 over the chunk (b: raw unsigned patterns)."""
+    """hist[j, b[i] >> shift] += 1 over the chunk, j = i % 8 (b: raw unsigned patterns; hist uint32 [8, keys]).
+    Eight sub-histograms: most weights share a few exponents, and increments of one counter in a row
+    would wait on each other's stores."""
     s = np.uint32(shift)
-    for i in range(b.shape[0]):
-        hist[np.uint32(b[i]) >> s] += 1
+    n = b.shape[0] // 8 * 8
+    for i in range(0, n, 8):
+        for j in range(8):
+            hist[j, np.uint32(b[i + j]) >> s] += 1
+    for i in range(n, b.shape[0]):
+        hist[0, np.uint32(b[i]) >> s] += 1
 
 
 @numba.njit(nogil=True, cache=True, fastmath=_FAST)
-def classify(vb, vu, ads, m, mbits, emin, mag, ratio):
-    """Per marked element p < m: the base's magnitude bin, the ratio bucket of |Delta| / spacing(base)
-    (NO_RATIO where the values are equal or NaN), and (sum b u, sum b^2, sum u^2) over them, NaN
-    terms left out (every product is exact in float64; only the order of additions differs)."""
+def classify(vb, vu, ads, m, mbits, emin, joint):
+    """Per marked element p < m: joint[p] = its magnitude bin x (NO_RATIO + 1) + the ratio bucket of
+    |Delta| / spacing(base) (NO_RATIO where the values are equal or NaN), and (sum b u, sum b^2,
+    sum u^2) over them, NaN terms left out (every product is exact in float64; only the order of
+    additions differs)."""
     bu = 0.0
     bb = 0.0
     uu = 0.0
@@ -51,14 +58,13 @@ def classify(vb, vu, ads, m, mbits, emin, mag, ratio):
         k = MAG_SUBNORMAL if eb < emin else k
         k = 0 if bv == 0.0 else k
         k = MAG_NONFINITE if eb == 1024 else k
-        mag[p] = k
         # ceil(log2 |Delta|) minus the exponent of the base's spacing 2^(max(e, emin) - mbits)
         bits = np.float64(ads[p]).view(np.int64)
         up = (bits & 0xFFFFFFFFFFFFF) != 0
         c = ((bits >> 52) - 1023) + up - (max(eb, emin) - mbits)
         c = min(max(c, 0), 32)
         ok = not (uv == bv or nb or nu)
-        ratio[p] = c if ok else NO_RATIO
+        joint[p] = k * (NO_RATIO + 1) + (c if ok else NO_RATIO)
     return bu, bb, uu
 
 

@@ -118,13 +118,13 @@ class TorchBackend:
         ncls = self._ncls
         cls = self._cls[pair]
         stats.mag_compared = torch.bincount(mag, minlength=MAG_BINS).cpu().numpy()
-        stats.mag_classes = torch.bincount(mag * ncls + cls, minlength=MAG_BINS * ncls).view(MAG_BINS, ncls).cpu().numpy()
-        stats.mag_classes[:, 0] = 0  # class 0: unchanged at every tolerance (the numba loop never visits most)
         moved = (delta != 0) & ~torch.isnan(delta)
         up = (bits & 0xFFFFFFFFFFFFF) != 0
         ratio = (((bits >> 52) & 0x7FF) - 1023 + up - (torch.clamp(eb, min=emin) - mbits)).clamp_(0, RATIO_BUCKETS - 1)
-        key = (mag * RATIO_BUCKETS + ratio)[moved]
-        stats.mag_ratio = torch.bincount(key, minlength=MAG_BINS * RATIO_BUCKETS).view(MAG_BINS, RATIO_BUCKETS).cpu().numpy()
+        ratio = torch.where(moved, ratio, RATIO_BUCKETS)  # NO_RATIO: equal values and NaN
+        key = (mag * (RATIO_BUCKETS + 1) + ratio) * ncls + cls
+        stats.mag_joint = torch.bincount(key, minlength=MAG_BINS * (RATIO_BUCKETS + 1) * ncls).view(
+            MAG_BINS, RATIO_BUCKETS + 1, ncls).cpu().numpy()
         cf = []
         for narrow in (torch.bfloat16, torch.float16)[:cf_kinds]:
             rb, ru = base.to(narrow).double(), tuned.to(narrow).double()
