@@ -1,4 +1,7 @@
-"""Figures of the Precision tab (metrics.md, "Precision and magnitude"): pure functions of a result.
+"""Figures of the precision view (metrics.md, "Precision and magnitude"): pure functions of a result.
+
+The Precision tab draws `magnitude_lines`, `one_step_by_magnitude`, `counterfactual_bars` and
+says `sentence`; the single-file report draws `changed_by_magnitude` at its tolerance.
 
 Is the sparsity real, or storage absorbing small updates? The changed share by base magnitude
 (one line per exact tolerance, the spacing of the stored format drawn where one step exceeds
@@ -39,7 +42,7 @@ def _exponent_bins(p: Mapping) -> list[int]:
     return [i for i, b in enumerate(p["bins"]) if 2 <= b <= 255]
 
 
-def changed_by_magnitude(result: Mapping) -> go.Figure:
+def magnitude_lines(result: Mapping) -> go.Figure:
     """Changed share vs |w_base| (log axis), one line per exact tolerance; compared elements as grey bars;
     the bf16 step drawn: a dotted line, in each tolerance's colour, at the |w| from which one bf16 step
     (2^(e-7) for |w| in [2^e, 2^(e+1))) exceeds that tolerance, whatever the pair's own dtype."""
@@ -162,3 +165,33 @@ def sentence(result: Mapping, t: float) -> str:
         parts.append(f"Stored in {dtype}: no storage counterfactual applies (it needs both sides wider than bf16, "
                      "e.g. the fp32 master weights).")
     return " ".join(parts)
+
+
+def precision_block(result: Mapping) -> Mapping | None:
+    p = (result.get("summary") or {}).get("precision")
+    return p if isinstance(p, Mapping) and isinstance(p.get("compared"), list) and p.get("compared") else None
+
+
+def changed_by_magnitude(result: Mapping, t: float) -> go.Figure:
+    """Share of elements changed at t per magnitude bin of |w_base| (binary exponent), with the
+    share that moved at most one representable step where reported."""
+    p = precision_block(result)
+    if p is None:
+        return empty("The precision view was not reported for this analysis.")
+    compared = p["compared"]
+    labels = p.get("labels") or [str(b) for b in p.get("bins") or range(len(compared))]
+    changed = (p.get("changed") or {}).get(N.tol_key(t))
+    if not isinstance(changed, list) or len(changed) != len(compared):
+        return empty(f"No exact counts at t = {N.fmt_tol(t)} in the precision view.")
+    share = [100 * c / n if n else None for c, n in zip(changed, compared)]
+    fig = go.Figure(go.Bar(x=labels, y=share, name=f"changed at t = {N.fmt_tol(t)}", marker_color=ACCENT,
+                           customdata=list(zip(changed, compared)),
+                           hovertemplate="|w| in %{x}: %{customdata[0]:,} of %{customdata[1]:,} changed "
+                                         "(%{y:.2f} %)<extra></extra>"))
+    one = p.get("one_step_share")
+    if isinstance(one, list) and len(one) == len(compared):
+        fig.add_trace(go.Scatter(x=labels, y=[None if v is None else 100 * v for v in one], mode="lines+markers",
+                                 name="of the moved: at most one step", line=dict(color=MUTED, dash="dot")))
+    fig.update_xaxes(title_text="magnitude of the base weight |w| (binary exponent bin)")
+    fig.update_yaxes(title_text="% of the bin's elements", rangemode="tozero")
+    return layout(fig, title="Changed share by base magnitude", legend=dict(orientation="h", y=1.12))

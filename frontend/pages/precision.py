@@ -16,7 +16,7 @@ def precision_content(result: dict, t: float, g) -> list:
         items.append(html.P(f"Cosine similarity of base and tuned (float64 sums): {p['cosine']:.10f}",
                             id="precision-cosine", className="muted small"))
     items += [html.H3("Changed share by the base weight's magnitude"),
-              g(F.changed_by_magnitude(result), "fig-precision-magnitude")]
+              g(F.magnitude_lines(result), "fig-precision-magnitude")]
     cf = F.counterfactual_bars(result)
     if cf is not None:
         items += [html.H3("Storage counterfactual: the same pair rounded to bf16"),

@@ -33,7 +33,7 @@ def fp32_result(tmp_path_factory):
 def test_changed_share_by_magnitude_draws_every_exact_tolerance(demo_results):
     result = demo_results["rl_a"]
     p = result["summary"]["precision"]
-    fig = F.changed_by_magnitude(result)
+    fig = F.magnitude_lines(result)
     lines = [tr for tr in fig.data if tr.type == "scatter"]
     assert [tr.name for tr in lines] == [f"t = {F.N.fmt_tol(float(k))}" for k in p["changed"]]
     idx = [i for i, b in enumerate(p["bins"]) if 2 <= b <= 255]
@@ -75,4 +75,4 @@ def test_results_without_precision_figures_say_so(demo_results):
                                               if k != "precision"}}
     assert F.counterfactual_bars(old) is None
     assert "no precision figures" in F.sentence(old, 1e-5)
-    assert F.changed_by_magnitude(old).layout.annotations[0].text.startswith("No precision figures")
+    assert F.magnitude_lines(old).layout.annotations[0].text.startswith("No precision figures")
