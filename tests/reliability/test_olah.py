@@ -183,3 +183,32 @@ def test_service_analyses_and_runs_through_olah_equal_local(olah, local_dynamics
         assert RANGE_WARNING in svc.log_text()
     finally:
         svc.close()
+
+
+def test_unknown_revision_repo_and_refs_through_olah_are_named_as_on_the_hub(olah, monkeypatch):
+    """olah answers an unknown revision as an unknown repo (401 RepoNotFound) and refs of an unknown
+    repo with 404 EntryNotFound: the product still says which it is, and that the server answered."""
+    from hubserver import use_endpoint
+    from huggingface_hub import constants
+
+    from worker.engine import EngineError, open_source, parse_source
+    from worker.engine.checkpoints.training_run import list_run
+
+    server, _ = olah
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    cases = [  # (how it is opened, code, words the message must hold)
+        (lambda: open_source(parse_source("org/run@no-such-branch")), "revision_not_found",
+         ("'no-such-branch' does not exist in org/run",)),
+        (lambda: open_source(parse_source("org/none")), "not_found", ("org/none was not found",)),
+        (lambda: list_run(parse_source("org/none"), revisions="step-*"), "not_found",
+         ("did not list the branches and tags of org/none", "HTTP 404", server.url)),
+    ]
+    with use_endpoint(server.url):
+        for open_it, code, words in cases:
+            with pytest.raises(EngineError) as err:
+                open_it()
+            assert err.value.code == code, err.value.message
+            assert all(w in err.value.message for w in words), err.value.message
+            assert "network" not in err.value.message

@@ -67,11 +67,19 @@ class HubSource(HubHttp, Source):
 
     def _open_remote(self, token: str | None) -> None:
         api = HfApi(endpoint=constants.ENDPOINT)
-        info = self._call(
-            lambda: api.model_info(self.spec.id, revision=self.revision, files_metadata=True, token=token,
-                                   timeout=self.timeout.read),
-            "look up",
-        )
+        try:
+            info = self._call(
+                lambda: api.model_info(self.spec.id, revision=self.revision, files_metadata=True, token=token,
+                                       timeout=self.timeout.read),
+                "look up",
+            )
+        except EngineError as exc:
+            # Some servers answer an unknown revision as an unknown repo (olah: 401 RepoNotFound, where
+            # the Hub says 404 RevisionNotFound): ask for the repo itself before saying it is missing.
+            if exc.code != "not_found" or self.revision == "main" or not self._repo_exists(api, token):
+                raise
+            raise EngineError("revision_not_found", f"Revision {self.revision!r} does not exist in {self.spec.id} "
+                                                    "(no such branch, tag or commit).") from None
         if not info.sha:
             raise EngineError("internal", f"The Hub gave no commit for {self.spec.label}; try again later.")
         self.sha = info.sha
@@ -89,6 +97,15 @@ class HubSource(HubHttp, Source):
                 self.tensors[name] = tensor
         config = f"{self.spec.subfolder}/config.json" if self.spec.subfolder else "config.json"
         self.config = self._read_json(config) if config in siblings else None
+
+    def _repo_exists(self, api: HfApi, token: str | None) -> bool:
+        try:
+            # At "main": olah answers /api/models/{repo} without a revision as an unknown repo too.
+            self._call(lambda: api.model_info(self.spec.id, revision="main", token=token, timeout=self.timeout.read),
+                       "look up")
+        except EngineError:
+            return False
+        return True
 
     def _read_header(self, file: str) -> dict[str, TensorInfo]:
         if self.file_sizes.get(file, 8) < 8:

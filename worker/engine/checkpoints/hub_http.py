@@ -353,6 +353,47 @@ class HubHttp:
         return EngineError("internal", f"The Hub refused to {action} {self.spec.label} (HTTP {status}).")
 
 
+def list_refs(repo: str, token: str | None, *, retries: int = 3, backoff_s: float = 1.0) -> list[tuple]:
+    """(name, ref, commit) of every branch and tag of `repo`, through HfApi.list_repo_refs."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=constants.ENDPOINT)
+    last, answered = "no answer", False
+    for attempt in range(retries + 1):
+        try:
+            refs = api.list_repo_refs(repo, token=token)
+            return ([(b.name, b.ref, b.target_commit) for b in refs.branches]
+                    + [(t.name, t.ref, t.target_commit) for t in refs.tags])
+        except RepositoryNotFoundError:
+            hint = "" if token else " If it is private, pass a Hugging Face token that can read it."
+            raise EngineError("not_found", f"Model {repo} was not found on the Hugging Face Hub.{hint}") from None
+        except GatedRepoError:
+            raise EngineError("gated", f"{repo} is gated: accept its license on https://huggingface.co/{repo}, "
+                                       "then pass a Hugging Face token that can read it.") from None
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            if status not in RETRY_STATUSES:
+                # A mirror may not list refs, or not for this repo (olah offline: 404 "Repository refs
+                # are not cached locally"): say what the server answered, not that the network failed.
+                said = exc.response.headers.get("X-Error-Message") if exc.response is not None else None
+                code = "not_found" if status == 404 else "internal"
+                raise EngineError(code, f"The Hub at {constants.ENDPOINT} did not list the branches and tags of "
+                                        f"{repo} (HTTP {status}{': ' + said if said else ''}); a run of Hub "
+                                        "revisions needs that list.") from None
+            last, answered = f"answered HTTP {status}", True
+        except (httpx2.RemoteProtocolError, httpx2.DecodingError) as exc:
+            last, answered = f"answered but broke the protocol: {exc}", True
+        except httpx2.HTTPError as exc:
+            last, answered = type(exc).__name__, False
+        if attempt < retries:
+            time.sleep(backoff_s * 2 ** attempt)
+    if answered:
+        raise EngineError("transient", f"Could not list the revisions of {repo}: the Hub at {constants.ENDPOINT} "
+                                       f"{last} ({retries + 1} attempts); try again later.")
+    raise EngineError("transient", f"Could not list the revisions of {repo} on the Hugging Face Hub at "
+                                   f"{constants.ENDPOINT} ({last}); try again later.")
+
+
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     return parts.scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(parts.scheme)
