@@ -13,12 +13,14 @@ import bisect
 import math
 from collections.abc import Mapping, Sequence
 
+from worker.engine.tolerance import tolerance_key
+
 EXACT_TOLERANCES = (0.0, 1e-08, 1e-07, 1e-06, 1e-05, 0.0001, 0.001)
 DEFAULT_TOLERANCE = 1e-05
 
 
 def tol_key(t: float) -> str:
-    return repr(float(t))
+    return tolerance_key(t)
 
 
 def snap(t: float, exact: Sequence[float] = EXACT_TOLERANCES, rel: float = 1e-6) -> float:

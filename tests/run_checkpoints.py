@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from worker.engine.kernel.accumulator import EXACT_TOLERANCES, tolerance_key
+from worker.engine.kernel.bins import EXACT_TOLERANCES
 from worker.engine.pairing.location import locate
+from worker.engine.tolerance import tolerance_key
 
 CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 32,
           "tie_word_embeddings": False}

@@ -18,7 +18,7 @@ An analysis whose pair is larger than `SUBNETSCOPE_FANOUT_BYTES` is run like thi
    record, masks assembled from every group's parts: exactly the single-worker result.
 
 The janitor (worker/janitor.py) calls `sweep` every few seconds: it puts a dead group back on
-the queue (failing the analysis after MAX_LOST_RUNS deaths of one group, as for a whole
+the queue (failing the analysis after MAX_LOST_ATTEMPTS deaths of one group, as for a whole
 analysis), enqueues a queued group whose RQ job is gone (its dispatcher died before
 enqueuing it), queues a reduce nobody queued or whose worker died, and keeps the analysis's
 liveness key while groups wait in the queue, so it is shown `running`, not `stalled`, as
@@ -37,7 +37,7 @@ from rq import Retry
 
 from app.core.queues import RETRY_INTERVALS, job_timeout, queue_for
 from app.core.settings import Settings
-from app.core.store import FAILED, RUNNING, Store, lost_runs_error
+from app.core.store import FAILED, RUNNING, Store, lost_attempts_error
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def dispatch(store: Store, settings: Settings, aid: str, groups: list[dict]) -> 
 
 
 def fail(store: Store, aid: str, error: dict) -> None:
-    store.finish_run(aid, FAILED, error=error, keep_partial=True)
+    store.finish_attempt(aid, FAILED, error=error, keep_partial=True)
     store.leave_fanout(aid)
 
 
@@ -117,7 +117,7 @@ def sweep(store: Store, settings: Settings) -> None:
                 state["status"] = "queued"
             elif code == -1:
                 log.warning("analysis %s: group %d lost its worker too often; the analysis fails", aid, k)
-                fail(store, aid, json.loads(lost_runs_error(aid)))
+                fail(store, aid, json.loads(lost_attempts_error(aid)))
                 lost = True
                 break
         if lost:
@@ -135,7 +135,7 @@ def sweep(store: Store, settings: Settings) -> None:
                     log.warning("analysis %s: its reduce lost its worker (or its job); queued again", aid)
                     enqueue_reduce(store.r, settings, aid, total)
                 elif code == -1:
-                    fail(store, aid, json.loads(lost_runs_error(aid)))
+                    fail(store, aid, json.loads(lost_attempts_error(aid)))
                     continue
         working = any(s["status"] == "running" for s in states) or reduce == "running"
         store.keep_fanout_alive(aid, touch_progress=not working)

@@ -1,29 +1,20 @@
-"""The `subnetscope worker` process: an RQ worker plus a janitor thread.
+"""The janitor: a thread in every `subnetscope worker` process (worker/process.py).
 
-The janitor announces this worker (the health endpoint counts live workers from
-these expiring keys, which vanish within seconds of a SIGKILL, unlike RQ's own
-registrations) and puts back on the queue any analysis whose run stopped
-heartbeating, so work cut short by a dead worker resumes on a live one; for an
-analysis fanned out over workers (worker/fanout.py), only the groups whose run died.
+It announces its worker (the health endpoint counts live workers from these expiring keys, which
+vanish within seconds of a SIGKILL, unlike RQ's own registrations) and, one janitor at a time,
+puts back on the queue any analysis whose attempt stopped heartbeating, so work cut short by a
+dead worker resumes on a live one; for an analysis fanned out over workers (worker/fanout.py),
+only the groups whose attempt died; and the training runs whose reduce is due or lost.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import socket
 import threading
-import time
-import uuid
-
-import redis
-from rq import Queue, SpawnWorker, Worker
-from rq.exceptions import StopRequested
 
 from app.core.queues import enqueue_analysis
 from app.core.settings import Settings
-from app.core.store import JANITOR_LOCK, Store, connect
+from app.core.store import Store, connect
 from app.core.training_runs import sweep as sweep_training_runs
 from worker.fanout import sweep as sweep_fanouts
 
@@ -31,23 +22,6 @@ log = logging.getLogger(__name__)
 
 PRESENCE_TTL_S = 10
 JANITOR_EVERY_S = 2.0
-
-
-def gpu_present(settings: Settings) -> bool:
-    if settings.device == "cpu":
-        return False
-    try:
-        import torch
-
-        # is_available() does not create a CUDA context, so the check itself is fork-safe.
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
-
-
-def worker_class(settings: Settings) -> type[Worker]:
-    # A forked child cannot use CUDA initialised in its parent; a spawned horse starts clean.
-    return SpawnWorker if gpu_present(settings) else Worker
 
 
 class Janitor(threading.Thread):
@@ -69,7 +43,7 @@ class Janitor(threading.Thread):
 
     def tick(self) -> None:
         self.store.announce_worker(self.worker_name, PRESENCE_TTL_S)
-        if not self.store.r.set(JANITOR_LOCK, self.worker_name, nx=True, ex=max(1, int(JANITOR_EVERY_S))):
+        if not self.store.take_janitor_lock(self.worker_name, max(1, int(JANITOR_EVERY_S))):
             return
         for aid in self.store.orphans():
             if self.store.requeue(aid):
@@ -84,53 +58,3 @@ class Janitor(threading.Thread):
             self.store.retire_worker(self.worker_name)
         except Exception:
             pass
-
-
-def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> int:
-    import worker.engine  # noqa: F401  imported once here so each forked job starts warm
-    import worker.tasks  # noqa: F401
-
-    r = connect(settings.redis_url)
-    name = name or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
-    cls = worker_class(settings)
-    janitor = Janitor(settings, name)
-    janitor.start()
-    log.info("worker %s (%s) on queue %r, Redis %s", name, cls.__name__, settings.queue,
-             r.connection_pool.connection_kwargs.get("host"))
-    try:
-        while True:
-            w = cls([Queue(settings.queue, connection=r)], connection=r, name=name)
-            try:
-                w.work(burst=burst, with_scheduler=True, logging_level="INFO")
-            except redis.exceptions.ConnectionError:
-                pass  # its teardown could not reach Redis either
-            if burst or _stop_requested(w):
-                return 0
-            # RQ ends its loop when Redis vanishes under a running job; the process must not
-            # die with it (nothing would restart it): wait for Redis and work again.
-            log.warning("worker %s: lost Redis while working; waiting for it to come back", name)
-            if not _wait_for_redis(r, w):
-                return 0
-            with contextlib.suppress(redis.exceptions.RedisError):
-                w.register_death()  # frees the name for the next registration
-            log.info("worker %s: Redis is back; working again", name)
-    finally:
-        janitor.stop()
-
-
-def _stop_requested(w: Worker) -> bool:
-    # RQ notes SIGTERM/SIGINT (warm shutdown) here; a loop that ended without one ended on an error.
-    return getattr(w, "_shutdown_requested_date", None) is not None or bool(getattr(w, "_stop_requested", False))
-
-
-def _wait_for_redis(r: redis.Redis, w: Worker) -> bool:
-    """True once Redis answers; False if the worker is asked to stop meanwhile."""
-    try:
-        while not _stop_requested(w):
-            with contextlib.suppress(redis.exceptions.RedisError):
-                if r.ping():
-                    return True
-            time.sleep(1.0)
-    except (StopRequested, redis.exceptions.RedisError):  # raised by RQ's signal handler
-        pass
-    return False

@@ -6,6 +6,8 @@ import hashlib
 import json
 import re
 
+from worker.engine.tolerance import tolerance_key
+
 _ID = re.compile(r"^[0-9a-f]{16}$")
 
 
@@ -28,4 +30,4 @@ def analysis_id(engine_version: str, base_sha: str, tuned_sha: str, tolerance: f
     extra = [geometry] if geometry != "off" else []
     if base_where or tuned_where:
         extra.append(json.dumps([base_where or {}, tuned_where or {}], sort_keys=True))
-    return content_id(engine_version, base_sha, tuned_sha, repr(float(tolerance)), rank, *extra)
+    return content_id(engine_version, base_sha, tuned_sha, tolerance_key(tolerance), rank, *extra)

@@ -6,6 +6,7 @@ from __future__ import annotations
 SUBMISSION_CODES = frozenset({
     "bad_id", "bad_revision", "path_forbidden", "not_found", "revision_not_found",
     "gated", "no_safetensors", "malformed", "arch_mismatch", "unsupported_adapter", "bad_request",
+    "unsupported_format",
 })
 
 # Redis down is not the request's fault; the API, the guard and the UI say it the same way.

@@ -13,7 +13,7 @@ import time
 
 from app.core.queues import queue_for
 from app.core.settings import Settings
-from app.core.store import DONE, FAILED, MAX_LOST_RUNS, PENDING_TRAINING_RUNS, Store
+from app.core.store import DONE, FAILED, MAX_LOST_ATTEMPTS, Store
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def analysis_finished(store: Store, settings: Settings, aid: str) -> None:
 
 def lost_reduce_error(rid: str) -> str:
     return json.dumps({"code": "worker_lost", "message": (
-        f"The worker reducing this run died {MAX_LOST_RUNS} times; POST /api/runs/{rid}/retry runs it again.")})
+        f"The worker reducing this run died {MAX_LOST_ATTEMPTS} times; POST /api/runs/{rid}/retry runs it again.")})
 
 
 def sweep(store: Store, settings: Settings) -> None:
@@ -61,7 +61,7 @@ def sweep(store: Store, settings: Settings) -> None:
     for rid in store.pending_training_runs():
         raw = store.get_training_run(rid)
         if raw is None or raw.get("status") in (DONE, FAILED):
-            store.r.srem(PENDING_TRAINING_RUNS, rid)
+            store.forget_pending(rid)
             continue
         if raw["status"] == "reducing" and not store.reducer_alive(rid):
             started = raw.get("reduce_started_at")

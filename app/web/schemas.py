@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+
+from worker.engine.tolerance import Tolerance
+
+
+# The API's tolerance: the engine's one Tolerance rule (finite, >= 0), and at most 1 (a larger one
+# marks nothing and is a typo). JSON NaN/Infinity, which the stdlib parser accepts, are refused by it.
+def _api_tolerance(t: float) -> float:
+    t = float(Tolerance(t))
+    if t > 1.0:
+        raise ValueError(f"The tolerance must be at most 1, not {t!r}.")
+    return t
+
+
+ApiTolerance = Annotated[float, AfterValidator(_api_tolerance),
+                         WithJsonSchema({"type": "number", "minimum": 0.0, "maximum": 1.0})]
 
 
 class AnalysisRequest(BaseModel):
@@ -26,7 +41,7 @@ class AnalysisRequest(BaseModel):
         "*.safetensors.index.json (e.g. 'consolidated.safetensors', 'model.fp16.safetensors')."))
     tuned_file: str | None = Field(default=None, max_length=300, description=(
         "Same for tuned (e.g. 'adapter_model.safetensors')."))
-    tolerance: float = Field(default=1e-5, ge=0.0, le=1.0, allow_inf_nan=False,
+    tolerance: ApiTolerance = Field(default=1e-5,
                              description="|tuned - base| above this counts as changed (masks, coverage).")
     rank: Literal["off", "sampled", "all"] = Field(default="off", description="Update-rank computation.")
     geometry: Literal["off", "sampled", "all"] = Field(
@@ -144,7 +159,7 @@ class RunRequest(BaseModel):
     revisions: str | list[str] | None = Field(default=None, description=(
         "Which checkpoints: a glob pattern ('step*') or a list / comma list of names; default: every "
         "checkpoint-<n> folder, or every branch and tag with a number in its name. Ordered by that number."))
-    tolerance: float = Field(default=1e-5, ge=0.0, le=1.0, allow_inf_nan=False,
+    tolerance: ApiTolerance = Field(default=1e-5,
                              description="|tuned - base| above this counts as changed (the sets E, I, overlap).")
     token: str | None = Field(default=None, max_length=400, repr=False,
                               description="Hub token for gated/private repos; used for this run's analyses only, "

@@ -22,6 +22,7 @@ from app.core.refusals import Refused, refusal
 from app.core.settings import Settings
 from app.core.store import Store
 from app.core.token_seal import seal
+from worker.engine.tolerance import tolerance_key
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +252,7 @@ def submit_overlap(r: Redis, settings: Settings, ids: list[str]) -> Submitted:
     if len(base_shas) != 1:
         raise Refused(422, "base_mismatch", "Overlaps compare finetunes of one base checkpoint; these analyses "
                                             "have different bases.")
-    tolerances = {repr(float(res["options"]["tolerance"])) for res in results}
+    tolerances = {tolerance_key(res["options"]["tolerance"]) for res in results}
     if len(tolerances) != 1:
         raise Refused(422, "tolerance_mismatch", "These analyses were run at different tolerances "
                                                  f"({', '.join(sorted(tolerances))}); overlap needs one.")

@@ -25,12 +25,13 @@ from app.core.store import DONE, FAILED, Store
 from app.core.training_runs import analysis_ids, maybe_reduce
 from app.web import views
 from app.web.submission import Submitted, commit_analysis, prepare_analysis, retry_analysis
+from worker.engine.tolerance import tolerance_key
 
 log = logging.getLogger(__name__)
 
 def run_id(engine_version: str, base_sha: str, shas: list[str], tolerance: float) -> str:
     """Same base, checkpoints (by content, in order) and tolerance give the same run."""
-    return content_id("run", engine_version, base_sha, *shas, repr(float(tolerance)))
+    return content_id("run", engine_version, base_sha, *shas, tolerance_key(tolerance))
 
 
 def submit_run(r: Redis, settings: Settings, *, base: str | None, run: str, revisions: str | None = None,

@@ -8,6 +8,8 @@ import json
 import time
 from datetime import datetime, timezone
 
+from worker.engine.tolerance import tolerance_key
+
 
 def iso(ts: str | None) -> str | None:
     if not ts:
@@ -90,7 +92,7 @@ def tensors_csv(records: list[dict], tolerances: list[float] | None) -> str:
                 if k not in keys:
                     keys.append(k)
     else:
-        keys = [repr(float(t)) for t in tolerances]
+        keys = [tolerance_key(t) for t in tolerances]
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow([*SCALAR_COLUMNS, *(f"changed@{k}" for k in keys), *(f"sparsity@{k}" for k in keys)])

@@ -12,9 +12,10 @@ import math
 from dash import Input, Output, State, dash_table, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
-from .. import figures as F
 from .. import numbers as N
 from ..apiclient import ApiError, message
+from ..figures import analysis as F
+from ..figures import theme as T
 from .picker import label
 from .shell import badge, card, notice, stat
 from .tensor import href as tensor_href
@@ -73,7 +74,7 @@ def layout(analysis_id: str, query: dict):
             html.Div(id="an-progress", className="progress-block", style={"display": "none"}, children=[
                 html.Div(className="progress", children=html.Div(id="an-bar", className="progress-fill")),
                 html.Div(id="an-progress-text", className="progress-text"),
-                dcc.Graph(id="an-partial", config=GRAPH_CONFIG, figure=F.empty("Waiting for the first tensors…")),
+                dcc.Graph(id="an-partial", config=GRAPH_CONFIG, figure=T.empty("Waiting for the first tensors…")),
             ]),
             html.Div(id="an-error", style={"display": "none"}, children=[
                 html.Div(id="an-error-text"),
@@ -321,7 +322,7 @@ def tensor_table(result: dict, t: float):
         sort_action="native", filter_action="native", page_action="native", page_size=25,
         sort_by=[], style_as_list_view=True,
         style_table={"overflowX": "auto"},
-        style_cell={"fontFamily": F.FONT, "fontSize": "13px", "padding": "6px 10px",
+        style_cell={"fontFamily": T.FONT, "fontSize": "13px", "padding": "6px 10px",
                     "textAlign": "right", "maxWidth": "420px", "overflow": "hidden",
                     "textOverflow": "ellipsis"},
         style_cell_conditional=[{"if": {"column_id": c}, "textAlign": "left"}
@@ -367,7 +368,7 @@ def geometry_content(result: dict, g):
                         "; CLI: ", html.Code("subnetscope analyze BASE TUNED --geometry sampled"), "."],
                        className="muted small")]
     s = F.geometry_summary(result)
-    i = F._headline(0.05, s["q"])
+    i = F.headline_index(0.05, s["q"])
     rot = s["rotation"]
     return [
         html.Div(className="stats", id="geo-cards", children=[

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dash import Input, Output, State, dcc, html, no_update
 
-from .. import figures as F
 from .. import numbers as N
 from ..apiclient import message
+from ..figures import analysis as FA
+from ..figures import compare as F
+from ..figures import theme as T
 from .picker import fetch_many, label, options, parse_ids
 from .shell import card, notice
 
@@ -36,7 +38,7 @@ def layout(query: dict):
                                  options=[{"label": N.fmt_tol(x), "value": x} for x in N.EXACT_TOLERANCES])]),
             ]),
         ),
-        card(dcc.Graph(id="cmp-fig", figure=F.empty("Pick finished analyses to compare."),
+        card(dcc.Graph(id="cmp-fig", figure=T.empty("Pick finished analyses to compare."),
                        config={"displaylogo": False}),
              html.Div(id="cmp-table")),
     ])
@@ -79,10 +81,10 @@ def numbers_table(ids: list[str], analyses: list, t: float):
 
 def geometry_cells(result: dict) -> list:
     """Principal energy at 5 % (random), rotation U / V, drift: '–' where geometry was off."""
-    g = F.geometry_summary(result)
+    g = FA.geometry_summary(result)
     if g is None:
         return [html.Td("–", className="num muted", title="geometry off") for _ in range(3)]
-    i = F._headline(0.05, g["q"])
+    i = FA.headline_index(0.05, g["q"])
     e, b, rot = g["energy"]["two_sided"][i], g["baseline"]["two_sided"][i], g["rotation"]
     return [html.Td([N.fmt_pct(e, 3), html.Span(f" ({N.fmt_pct(b, 3)})", className="muted")], className="num geo"),
             html.Td(f"{rot['u_mean_sin'][i]:.4f} / {rot['v_mean_sin'][i]:.4f}", className="num geo"),
@@ -107,7 +109,7 @@ def register(app, api):
         try:
             opts = await options(api, ids)
         except Exception as err:  # noqa: BLE001 - shown on the page
-            return F.empty("The API is unavailable."), notice(message(err), "error"), [], no_update
+            return T.empty("The API is unavailable."), notice(message(err), "error"), [], no_update
         analyses = await fetch_many(api, ids)
         items = [(label(a), a.get("result")) for a in analyses
                  if not isinstance(a, Exception) and a.get("result")]

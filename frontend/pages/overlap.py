@@ -5,9 +5,9 @@ from __future__ import annotations
 from dash import ALL, Input, Output, State, ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
-from .. import figures as F
 from .. import numbers as N
 from ..apiclient import message
+from ..figures import overlap as F
 from .picker import fetch_many, options, parse_ids, short_label
 from .shell import card, notice
 

@@ -13,8 +13,8 @@ from dash import Input, Output, State, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
 from .. import numbers as N
-from .. import run_figures as RF
 from ..apiclient import ApiError, message
+from ..figures import run as RF
 from .shell import badge, card, notice, stat
 
 GRAPH_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "svg"}}

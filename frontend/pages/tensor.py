@@ -13,9 +13,11 @@ from urllib.parse import quote
 from dash import Input, Output, State, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
-from .. import figures as F
 from .. import numbers as N
 from ..apiclient import ApiError, message
+from ..figures import analysis as FA
+from ..figures import tensor as F
+from ..figures import theme as T
 from .shell import card, notice, stat
 
 SCALES = ("linear", "log")
@@ -58,10 +60,10 @@ def layout(analysis_id: str, name: str, query: dict):
             html.Div(className="control-metric", children=[html.Div("Spectrum axes", className="control-label"),
                                                            radio("tn-spec", spec)]),
         ]),
-        card(dcc.Loading(dcc.Graph(id="tn-density", config=GRAPH_CONFIG, figure=F.empty("Loading the mask…")))),
-        card(dcc.Graph(id="tn-coverage", config=GRAPH_CONFIG, figure=F.empty("Loading…"))),
-        card(dcc.Graph(id="tn-ulp", config=GRAPH_CONFIG, figure=F.empty("Loading…"))),
-        card(dcc.Graph(id="tn-spectra", config=GRAPH_CONFIG, figure=F.empty("Loading…"))),
+        card(dcc.Loading(dcc.Graph(id="tn-density", config=GRAPH_CONFIG, figure=T.empty("Loading the mask…")))),
+        card(dcc.Graph(id="tn-coverage", config=GRAPH_CONFIG, figure=T.empty("Loading…"))),
+        card(dcc.Graph(id="tn-ulp", config=GRAPH_CONFIG, figure=T.empty("Loading…"))),
+        card(dcc.Graph(id="tn-spectra", config=GRAPH_CONFIG, figure=T.empty("Loading…"))),
     ])
 
 
@@ -84,8 +86,11 @@ def cards(record: dict, t: float, curve) -> list:
         stat("Update rank", "not computed" if record.get("rank") is None else N.fmt_int(record["rank"]),
              None if record.get("rank_ratio") is None else f"{N.fmt_pct(record['rank_ratio'], 1)} of full"),
     ]
+    q = record.get("quantization")
+    if q:
+        out.append(quantization_stat(q))
     if g:
-        i = F._headline(0.05, g["q"])
+        i = FA.headline_index(0.05, g["q"])
         e, b = g["energy"]["two_sided"][i], g["baseline"]["two_sided"][i]
         out += [
             stat(f"Principal energy (k = {g['k'][i]})", html.Span(N.fmt_pct(e, 3), id="tn-energy"),
@@ -104,6 +109,15 @@ def cards(record: dict, t: float, curve) -> list:
     return out
 
 
+def quantization_stat(q: dict):
+    """Block-scaled fp8 / MXFP4: the values above are dequantized; the stored codes and scales, secondary."""
+    formats = q["base"] if q.get("base") == q.get("tuned") else f"{q.get('base') or 'unquantized'} vs {q.get('tuned') or 'unquantized'}"
+    if "codes_changed" not in q:
+        return stat("Quantized storage", html.Span("values compared", id="tn-quant"), f"{formats}; dequantized, float64")
+    return stat("Stored codes changed", html.Span(N.fmt_int(q["codes_changed"]), id="tn-quant"),
+                f"{formats}; scale blocks changed {N.fmt_int(q['scale_blocks_changed'])} of {N.fmt_int(q['scale_blocks'])}")
+
+
 def register(app, api):
     @app.callback(
         Output("tn-cards", "children"), Output("tn-meta", "children"), Output("tn-error", "children"),
@@ -116,7 +130,7 @@ def register(app, api):
         if not key:
             raise PreventUpdate
         aid, name = key["id"], key["name"]
-        blank = F.empty("–")
+        blank = T.empty("–")
         try:
             a = await api.analysis(aid)
         except ApiError as err:

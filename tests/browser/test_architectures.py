@@ -7,7 +7,8 @@ under the service's local root and analysed through the real API and worker.
 from __future__ import annotations
 
 import pytest
-from test_browser_pages import DONE_TIMEOUT_MS, wait_for_analysis
+from support.polling import wait_status
+from test_browser_pages import DONE_TIMEOUT_MS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -33,7 +34,7 @@ def test_heatmap_shows_one_block_per_stack(page, svc, shot, corpus_pairs, name, 
     base, tuned = corpus_pairs[name]
     r = svc.client.post("/api/analyses", json={"base": base, "tuned": tuned})
     assert r.status_code in (200, 202), r.text
-    body = wait_for_analysis(svc.client, r.json()["id"])
+    body = wait_status(svc.client, r.json()["id"], timeout=150, interval=0.2)
     assert body["status"] == "done", body.get("error")
     rows = body["result"]["layers"]
     assert sorted({row["stack"] for row in rows if row["stack"]}) == stacks

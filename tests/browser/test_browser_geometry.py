@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import time
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 import torch
 from playwright.sync_api import expect
+from support.polling import wait_status
 
 from worker.demo.synthetic import _config, write_checkpoint
 
@@ -21,12 +21,7 @@ BIG_VOCAB = 131_072  # a 128k-row embedding (x 8 columns): the drill-down stream
 def _done(svc, request: dict) -> dict:
     r = svc.client.post("/api/analyses", json=request)
     assert r.status_code in (200, 202), r.text
-    deadline = time.monotonic() + 150
-    while True:
-        body = svc.client.get(f"/api/analyses/{r.json()['id']}").json()
-        if body["status"] in ("done", "failed") or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    body = wait_status(svc.client, r.json()["id"], timeout=150, interval=0.2)
     assert body["status"] == "done", body.get("error")
     return body
 

@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from playwright.sync_api import expect
+from support.polling import wait_status
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -28,20 +29,11 @@ def _int(text: str) -> int:
     return int(re.sub(r"[^\d]", "", text))
 
 
-def wait_for_analysis(client, analysis_id: str, timeout: float = 150.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        body = client.get(f"/api/analyses/{analysis_id}").json()
-        if body["status"] in ("done", "failed") or time.monotonic() > deadline:
-            return body
-        time.sleep(0.2)
-
-
 def _analysis(svc, tuned: str, **extra) -> dict:
     request = {"base": svc.demo("base"), "tuned": svc.demo(tuned), "tolerance": UI_TOLERANCE, **extra}
     r = svc.client.post("/api/analyses", json=request)
     assert r.status_code in (200, 202), r.text
-    body = wait_for_analysis(svc.client, r.json()["id"])
+    body = wait_status(svc.client, r.json()["id"], timeout=150, interval=0.2)
     assert body["status"] == "done", body.get("error")
     return body
 

@@ -15,25 +15,7 @@ import pytest
 import torch
 from playwright.sync_api import expect
 from safetensors.torch import save_file
-
-
-def start_service(root, **env):
-    """tests/conftest.py's start_service (`import conftest` finds this directory's own), loaded the way
-    tests/reliability/services.py does."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    module = next((m for m in list(sys.modules.values())
-                   if getattr(m, "__file__", None) and Path(m.__file__).resolve() == path), None)
-    if module is None:
-        spec = importlib.util.spec_from_file_location("subnetscope_tests_service", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-        spec.loader.exec_module(module)
-    return module.start_service(root, **env)
-
+from support.service import start_service
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

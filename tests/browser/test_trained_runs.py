@@ -1,7 +1,7 @@
 """The trained demo family's runs and finals in a real browser, on a service that trains it itself.
 
 The shared `svc` runs with SUBNETSCOPE_DEMO_TRAINING=off; this module starts its own service
-(tests/conftest.py: start_service) with SUBNETSCOPE_DEMO_TRAINING=quick, as `make run` does with
+(tests/support/service.py: start_service) with SUBNETSCOPE_DEMO_TRAINING=quick, as `make run` does with
 the full schedule, and overrides `svc` so the browser fixtures (tests/browser/conftest.py) use it.
 From the home page's "RL run" chip to the run page, whose numbers must be GET /api/runs/{id}'s;
 then the overlap page's "trained · SFT & RL" suggestion.
@@ -10,12 +10,12 @@ then the overlap page's "trained · SFT & RL" suggestion.
 from __future__ import annotations
 
 import re
-import time
 
 import httpx
 import pytest
 from playwright.sync_api import expect
-from test_outage_messages import start_service  # tests/conftest.py's, loaded by path (`conftest` is ambiguous here)
+from support.polling import wait_for
+from support.service import start_service
 
 from frontend import numbers as N
 
@@ -31,16 +31,15 @@ def svc(tmp_path_factory):
     """A service that trains the demo's trained family in the background (quick schedule)."""
     service = start_service(tmp_path_factory.mktemp("svc_trained"), SUBNETSCOPE_DEMO_TRAINING="quick")
     try:
-        deadline = time.monotonic() + TRAIN_TIMEOUT_S
         trained: dict = {}
-        while time.monotonic() < deadline:
-            try:
-                trained = service.client.get("/api/demo").json()["trained"]
-            except httpx.HTTPError:
-                trained = {}
-            if trained.get("state") in ("ready", "failed"):
-                break
-            time.sleep(0.5)
+
+        def built() -> bool:
+            trained.clear()
+            trained.update(service.client.get("/api/demo").json()["trained"])
+            return trained.get("state") in ("ready", "failed")
+
+        wait_for(built, TRAIN_TIMEOUT_S, "the trained family", interval=0.5, ignore=(httpx.HTTPError,),
+                 details=lambda: service.log_text("web.log")[-3000:])
         assert trained.get("state") == "ready", f"the trained family was not built: {trained}\n" \
                                                 f"{service.log_text('web.log')[-3000:]}"
         assert trained["mode"] == "quick" and RL_RUN in trained["runs"]

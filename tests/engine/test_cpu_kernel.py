@@ -52,17 +52,16 @@ def test_fused_kernel_equals_the_torch_path(monkeypatch, dtype, share, compress)
     if compress and not cpu_kernel._has_compress():
         pytest.skip("no AVX-512 compress stores on this CPU")
     monkeypatch.setattr(cpu_kernel, "_COMPRESS", compress)
-    kernel = Kernel(list(EXACT_TOLERANCES), 3e-5, torch.device("cpu"))
+    fused_kernel = Kernel(list(EXACT_TOLERANCES), 3e-5, torch.device("cpu"), backend="numba")
+    torch_kernel = Kernel(list(EXACT_TOLERANCES), 3e-5, torch.device("cpu"), backend="torch")
     for seed, (n, cols) in enumerate([(1, None), (17, None), (3 * cpu_kernel.CHUNK + 5, None),
                                       (37 * 29, 29), (5 * 1000, 1000), (2 * cpu_kernel.CHUNK, cpu_kernel.CHUNK // 2),
                                       (3 * 1500, 1500)]):
         b, u = _pair(n, dtype, share, seed, specials=True)
         for keep in (True, False):
-            kernel.keep_masks = keep
-            fused = kernel._measure(b, u, dtype, cols, False)
-            monkeypatch.setattr(cpu_kernel, "SUPPORTED", frozenset())
-            ref = kernel._measure(b, u, dtype, cols, False)
-            monkeypatch.setattr(cpu_kernel, "SUPPORTED", frozenset(cpu_kernel._RAW) | {torch.float32})
+            fused_kernel.keep_masks = torch_kernel.keep_masks = keep
+            fused = fused_kernel.measure(b, u, dtype, cols, False)
+            ref = torch_kernel.measure(b, u, dtype, cols, False)
             where = (str(dtype), share, n, cols, keep)
             assert torch.equal(fused.curve, ref.curve), where
             assert torch.equal(fused.ulp, ref.ulp), where

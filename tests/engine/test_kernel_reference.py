@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -62,12 +63,13 @@ def write(dir_, state, *, shards: int = 1):
     return dir_
 
 
-def run(tmp_path, base_state, tuned_state, *, tolerance=1e-5, rank="off", shards=(1, 1), masks=True):
+def _run(tmp_path, base_state, tuned_state, *, backend, tolerance=1e-5, rank="off", shards=(1, 1), masks=True):
     b = open_source(parse_source(str(write(tmp_path / "base", base_state, shards=shards[0])), allow_any_path=True))
     u = open_source(parse_source(str(write(tmp_path / "tuned", tuned_state, shards=shards[1])), allow_any_path=True))
     masks_dir = tmp_path / "masks" if masks else None
     with b, u:
-        return analyze(b, u, AnalysisOptions(tolerance=tolerance, rank=rank, device="cpu"), masks_dir=masks_dir)
+        return analyze(b, u, AnalysisOptions(tolerance=tolerance, rank=rank, device="cpu", backend=backend),
+                       masks_dir=masks_dir)
 
 
 def assert_matches(record, ref, tolerances):
@@ -86,12 +88,16 @@ def assert_matches(record, ref, tolerances):
         assert record["col_coverage"] == ref["col_coverage"]
 
 
-@pytest.fixture(autouse=True, params=["fused", "torch"])
-def kernel_path(request, monkeypatch):
-    """Every test runs on both kernels: the fused CPU loop and the torch ops CUDA uses."""
-    if request.param == "torch":
-        monkeypatch.setattr("worker.engine.kernel.numba_backend.SUPPORTED", frozenset())
+@pytest.fixture(params=["numba", "torch"])
+def backend(request):
+    """Every kernel test runs on both backends: the fused CPU loop and the torch ops CUDA uses."""
     return request.param
+
+
+@pytest.fixture
+def run(backend):
+    """One analysis of two state dicts written as checkpoints, on this test's backend."""
+    return functools.partial(_run, backend=backend)
 
 
 @pytest.fixture
@@ -101,7 +107,7 @@ def small_pieces(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
-def test_every_number_matches_the_float64_reference(tmp_path, small_pieces, dtype):
+def test_every_number_matches_the_float64_reference(tmp_path, small_pieces, dtype, run):
     shapes = {
         "model.layers.0.self_attn.q_proj.weight": (37, 29),
         "model.layers.1.mlp.down_proj.weight": (16, 61),
@@ -130,14 +136,14 @@ def test_every_number_matches_the_float64_reference(tmp_path, small_pieces, dtyp
 
 
 @pytest.mark.parametrize("dtype, shape", [(torch.bfloat16, (512, 128)), (torch.float8_e4m3fn, (16, 16))])
-def test_a_piece_as_long_as_a_value_table(tmp_path, dtype, shape):
+def test_a_piece_as_long_as_a_value_table(tmp_path, dtype, shape, run):
     """One piece of exactly 2^16 (2^8) elements: the length of the fused loop's value table."""
     base, tuned = realistic_pair(shape, dtype, seed=11)
     result = run(tmp_path, {"w": base}, {"w": tuned}, masks=False)
     assert_matches(result["tensors"][0], tensor_stats(base, tuned, EXACT_TOLERANCES, 1e-5), EXACT_TOLERANCES)
 
 
-def test_whole_curve_is_exact_and_has_eight_points_per_octave(tmp_path):
+def test_whole_curve_is_exact_and_has_eight_points_per_octave(tmp_path, run):
     base, tuned = realistic_pair((64, 64), torch.bfloat16, seed=7)
     result = run(tmp_path, {"w": base}, {"w": tuned}, masks=False)
     ts = result["curve_tolerances"]
@@ -149,7 +155,7 @@ def test_whole_curve_is_exact_and_has_eight_points_per_octave(tmp_path):
     assert result["summary"]["curve_changed"] == ref
 
 
-def test_nan_inf_and_signed_zero(tmp_path):
+def test_nan_inf_and_signed_zero(tmp_path, run):
     b = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan"), 1.0, 2.0, float("inf")], dtype=torch.bfloat16)
     u = torch.tensor([-0.0, 0.0, float("inf"), float("-inf"), 1.0, float("nan"), 2.0, float("-inf")], dtype=torch.bfloat16)
     result = run(tmp_path, {"x": b}, {"x": u}, masks=False)
@@ -159,7 +165,7 @@ def test_nan_inf_and_signed_zero(tmp_path):
     assert all(c == 3 for c in s["changed"].values()), s["changed"]
 
 
-def test_dtype_mismatch_compares_in_the_narrower_dtype(tmp_path):
+def test_dtype_mismatch_compares_in_the_narrower_dtype(tmp_path, run):
     g = torch.Generator().manual_seed(3)
     b32 = torch.randn(40, 8, generator=g) * 0.02
     u16 = (b32 + torch.randn(40, 8, generator=g) * 1e-4).to(torch.bfloat16)
@@ -172,7 +178,7 @@ def test_dtype_mismatch_compares_in_the_narrower_dtype(tmp_path):
     assert any("narrower dtype" in w for w in result["warnings"])
 
 
-def test_vocab_resize_compares_common_rows_and_reports_added(tmp_path, small_pieces):
+def test_vocab_resize_compares_common_rows_and_reports_added(tmp_path, small_pieces, run):
     b, u = realistic_pair((50, 12), torch.bfloat16, seed=4)
     extra = torch.randn(6, 12).to(torch.bfloat16)
     result = run(tmp_path, {"model.embed_tokens.weight": b}, {"model.embed_tokens.weight": torch.cat([u, extra])})
@@ -185,7 +191,7 @@ def test_vocab_resize_compares_common_rows_and_reports_added(tmp_path, small_pie
     assert load_masks(tmp_path / "masks" / "masks.safetensors")["model.embed_tokens.weight"].shape == (50, 12)
 
 
-def test_unmatched_tied_and_shape_mismatch_are_reported_not_compared(tmp_path):
+def test_unmatched_tied_and_shape_mismatch_are_reported_not_compared(tmp_path, backend):
     w = lambda *shape: torch.ones(*shape, dtype=torch.bfloat16)  # noqa: E731
     base = {"model.embed_tokens.weight": w(4, 4), "lm_head.weight": w(4, 4), "gone": w(4, 4), "odd": w(4, 4)}
     tuned = {"model.embed_tokens.weight": w(4, 4), "new": w(4, 4), "odd": w(4, 5)}
@@ -195,7 +201,7 @@ def test_unmatched_tied_and_shape_mismatch_are_reported_not_compared(tmp_path):
     with open_source(parse_source(str(tmp_base), allow_any_path=True)) as b, open_source(
         parse_source(str(tmp_path / "tuned"), allow_any_path=True)
     ) as u:
-        result = analyze(b, u, AnalysisOptions(device="cpu"))
+        result = analyze(b, u, AnalysisOptions(device="cpu", backend=backend))
     un = result["unmatched"]
     assert un["tied"] == ["lm_head.weight"]
     assert un["only_base"] == ["gone"] and un["only_tuned"] == ["new"]
@@ -203,7 +209,7 @@ def test_unmatched_tied_and_shape_mismatch_are_reported_not_compared(tmp_path):
     assert result["summary"]["numel"] == 16 and len(result["warnings"]) >= 3
 
 
-def test_sharded_and_single_file_give_the_same_result(tmp_path):
+def test_sharded_and_single_file_give_the_same_result(tmp_path, run):
     names = [f"model.layers.{i}.mlp.up_proj.weight" for i in range(5)]
     pairs = {n: realistic_pair((24, 16), torch.bfloat16, seed=i) for i, n in enumerate(names)}
     base = {n: p[0] for n, p in pairs.items()}
@@ -215,7 +221,7 @@ def test_sharded_and_single_file_give_the_same_result(tmp_path):
     assert one["summary"]["changed"] == many["summary"]["changed"]
 
 
-def test_rank_matches_matrix_rank_and_sampled_mode_picks_first_middle_last(tmp_path):
+def test_rank_matches_matrix_rank_and_sampled_mode_picks_first_middle_last(tmp_path, run):
     g = torch.Generator().manual_seed(5)
     base, tuned = {}, {}
     for i in range(5):
@@ -240,7 +246,7 @@ def test_rank_matches_matrix_rank_and_sampled_mode_picks_first_middle_last(tmp_p
     assert {r["layer"] for r in sampled["tensors"] if r["rank"] is not None} == {0, 2, 4}
 
 
-def test_layer_and_module_tables_sum_the_tensors(tmp_path):
+def test_layer_and_module_tables_sum_the_tensors(tmp_path, run):
     names = ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight",
              "model.layers.1.self_attn.q_proj.weight", "model.norm.weight"]
     pairs = {n: realistic_pair((8, 8) if "proj" in n else (8,), torch.bfloat16, seed=i) for i, n in enumerate(names)}
@@ -257,9 +263,9 @@ def test_layer_and_module_tables_sum_the_tensors(tmp_path):
     assert math.isclose(sum(l["numel"] for l in result["layers"]), s["numel"])
 
 
-def _kernel_count(base, tuned, t):
+def _kernel_count(base, tuned, t, backend):
     """(changed at t through the tolerance table, through the chosen-tolerance mask) of one piece."""
-    kernel = Kernel([t], t, torch.device("cpu"))
+    kernel = Kernel([t], t, torch.device("cpu"), backend)
     acc = kernel.start("x", tuple(base.shape), base.dtype, False)
     piece = kernel.measure(base, tuned, base.dtype, None, False)
     kernel.fold(acc, piece)
@@ -272,7 +278,7 @@ FAR_APART = [(2.0**-40, 2.0**-10), (-(2.0**-30), 0.5), (2.0**-24, 2.0**15)]
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("base_value, tuned_value", FAR_APART)
-def test_delta_is_exact_when_exponents_are_far_apart(tmp_path, dtype, base_value, tuned_value):
+def test_delta_is_exact_when_exponents_are_far_apart(tmp_path, dtype, base_value, tuned_value, run, backend):
     """|Delta| > t decided on the exact difference, also where a float32 difference would round."""
     b = torch.tensor([base_value, tuned_value, base_value], dtype=dtype)
     u = torch.tensor([tuned_value, base_value, base_value], dtype=dtype)
@@ -283,13 +289,13 @@ def test_delta_is_exact_when_exponents_are_far_apart(tmp_path, dtype, base_value
     for t in sorted(float(t) for t in tolerances):
         want = 2 * int(abs(exact) > t)  # the first two elements move by +-exact, the third not at all
         assert want == int(changed_mask(b, u, t).sum())  # the reference agrees
-        assert _kernel_count(b, u, t) == (want, want), (t, exact)
+        assert _kernel_count(b, u, t, backend) == (want, want), (t, exact)
     result = run(tmp_path, {"w": b}, {"w": u}, tolerance=exact, masks=False)  # the whole path, at t = |Delta|
     assert result["summary"]["changed"][repr(exact)] == 0
     assert result["tensors"][0]["max_abs_delta"] == exact
 
 
-def test_norms_accumulate_in_float64(tmp_path, small_pieces):
+def test_norms_accumulate_in_float64(tmp_path, small_pieces, run):
     """Many pieces of tiny and large squares: a float32 sum would be off by far more than 1e-12."""
     g = torch.Generator().manual_seed(9)
     base = (torch.randn(90, 70, generator=g) * torch.logspace(-6, 1, 70)).to(torch.bfloat16)
@@ -300,7 +306,7 @@ def test_norms_accumulate_in_float64(tmp_path, small_pieces):
     assert math.isclose(s["delta_fro"], result["tensors"][0]["delta_fro"], rel_tol=1e-15)
 
 
-def test_bf16_against_fp16_compares_in_float32_whichever_side_is_which(tmp_path):
+def test_bf16_against_fp16_compares_in_float32_whichever_side_is_which(tmp_path, run):
     b, u = realistic_pair((33, 17), torch.float32, seed=12)
     b, u = b.to(torch.bfloat16), u.to(torch.float16)  # both sides exact in float32, neither in the other
     assert compare_dtype(torch.bfloat16, torch.float16) == compare_dtype(torch.float16, torch.bfloat16) == torch.float32
@@ -318,7 +324,7 @@ def test_bf16_against_fp16_compares_in_float32_whichever_side_is_which(tmp_path)
     assert 0 < one["summary"]["changed"]["1e-05"] < one["summary"]["numel"]
 
 
-def test_f64_and_integer_tensors_are_reported_unsupported(tmp_path):
+def test_f64_and_integer_tensors_are_reported_unsupported(tmp_path, run):
     w = torch.ones(4, 4, dtype=torch.bfloat16)
     base = {"model.norm.weight": w, "wide": torch.ones(8, dtype=torch.float64), "ids": torch.arange(6),
             "mixed": torch.ones(3, dtype=torch.float32)}
@@ -333,7 +339,7 @@ def test_f64_and_integer_tensors_are_reported_unsupported(tmp_path):
     assert compare_dtype(torch.float64, torch.float64) is None and compare_dtype(torch.int64, torch.int64) is None
 
 
-def test_vocab_shrink_reports_removed_rows_not_added(tmp_path, small_pieces):
+def test_vocab_shrink_reports_removed_rows_not_added(tmp_path, small_pieces, run):
     b, u = realistic_pair((56, 12), torch.bfloat16, seed=4)
     name = "model.embed_tokens.weight"
     result = run(tmp_path, {name: b}, {name: u[:50]})
@@ -348,7 +354,7 @@ def test_vocab_shrink_reports_removed_rows_not_added(tmp_path, small_pieces):
     assert load_masks(tmp_path / "masks" / "masks.safetensors")[name].shape == (50, 12)
 
 
-def test_mask_file_bit_order_against_the_reference(tmp_path, small_pieces):
+def test_mask_file_bit_order_against_the_reference(tmp_path, small_pieces, run):
     """Read masks.safetensors without the engine: little-endian packbits of the flat float64 mask."""
     shapes = {"model.layers.0.mlp.up_proj.weight": (37, 29), "model.norm.weight": (13,), "scalar": (),
               "model.layers.0.conv.weight": (3, 5, 7), "model.embed_tokens.weight": (21, 6)}
@@ -376,7 +382,7 @@ def test_mask_file_bit_order_against_the_reference(tmp_path, small_pieces):
     assert 0 < sum(int(m.sum()) for m in loaded.values()) < sum(m.numel() for m in loaded.values())
 
 
-def test_bytes_read_counts_what_a_resumed_run_reads(tmp_path):
+def test_bytes_read_counts_what_a_resumed_run_reads(tmp_path, backend):
     names = [f"model.layers.{i}.mlp.up_proj.weight" for i in range(4)]
     pairs = {n: realistic_pair((32, 16), torch.bfloat16, seed=i) for i, n in enumerate(names)}
     write(tmp_path / "base", {n: p[0] for n, p in pairs.items()})
@@ -387,7 +393,7 @@ def test_bytes_read_counts_what_a_resumed_run_reads(tmp_path):
         with open_source(parse_source(str(tmp_path / "base"), allow_any_path=True)) as b, open_source(
             parse_source(str(tmp_path / "tuned"), allow_any_path=True)
         ) as u:
-            result = analyze(b, u, AnalysisOptions(device="cpu"), resume=resume, on_tensor=records.append)
+            result = analyze(b, u, AnalysisOptions(device="cpu", backend=backend), resume=resume, on_tensor=records.append)
         return result, records
 
     full, records = analyse()

@@ -91,9 +91,10 @@ def test_t5_stacks_share_one_embedding():
     assert "lm_head.weight" in m.common
 
 
-def test_analysis_of_a_bare_base_reads_each_side_by_its_own_name(tmp_path, monkeypatch):
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_analysis_of_a_bare_base_reads_each_side_by_its_own_name(tmp_path, monkeypatch, backend):
     from reference import tensor_stats
-    from test_kernel_reference import realistic_pair, run
+    from test_kernel_reference import _run, realistic_pair
 
     from worker.engine import analysis as analysis_module
 
@@ -104,7 +105,7 @@ def test_analysis_of_a_bare_base_reads_each_side_by_its_own_name(tmp_path, monke
     base = {n: p[0] for n, p in pairs.items()}
     tuned = {"model." + n: p[1] for n, p in pairs.items()}
     tuned["lm_head.weight"] = torch.zeros(40, 8, dtype=torch.bfloat16)
-    result = run(tmp_path, base, tuned)
+    result = _run(tmp_path, base, tuned, backend=backend)
     recs = {r["name"]: r for r in result["tensors"]}
     assert sorted(recs) == sorted("model." + n for n in bare)
     assert result["unmatched"]["prefix"] == {"side": "tuned", "prefix": "model."}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from frontend import figures as F
+from frontend.figures import analysis as FA
+from frontend.figures import tensor as FT
 from frontend.pages import compare, tensor
 from worker.engine.masks import density, load_masks
 
@@ -18,7 +19,7 @@ def _stacked(records: list[dict], stacks: tuple[str, str]) -> list[dict]:
 def test_principal_energy_plots_the_summary_against_its_baselines(demo_results):
     r = demo_results["rl_a"]
     g = r["summary"]["geometry"]
-    fig = F.principal_energy(r)
+    fig = FA.principal_energy(r)
     by_name = {tr.name: tr for tr in fig.data}
     assert len(fig.data) == 6
     assert list(fig.data[0].x) == [1, 5, 10, 20]
@@ -33,15 +34,15 @@ def test_principal_energy_plots_the_summary_against_its_baselines(demo_results):
 def test_geometry_figures_say_how_to_get_them_when_off(demo_results):
     r = demo_results["rl_b"]
     assert r["summary"]["geometry"] == {"mode": "off", "matrices": 0}
-    text = F.principal_energy(r).layout.annotations[0].text
+    text = FA.principal_energy(r).layout.annotations[0].text
     assert "geometry mode: off" in text and "sampled" in text
-    assert "not computed" in F.singular_spectra(r["tensors"][1]).layout.annotations[0].text
+    assert "not computed" in FT.singular_spectra(r["tensors"][1]).layout.annotations[0].text
     assert [c.children for c in compare.geometry_cells(r)] == ["–", "–", "–"]
 
 
 def test_geometry_heatmap_cells_are_the_records_energy_at_5_percent(demo_results):
     r = demo_results["rl_a"]
-    fig = F.geometry_heatmap(r["tensors"])
+    fig = FA.geometry_heatmap(r["tensors"])
     hm = fig.data[0]
     rec = next(t for t in r["tensors"] if t["layer"] == 2 and t["module"] == "mlp.down_proj")
     row, col = list(hm.y).index("2"), list(hm.x).index("mlp.down_proj")
@@ -49,13 +50,13 @@ def test_geometry_heatmap_cells_are_the_records_energy_at_5_percent(demo_results
     assert hm.z[row][col] == pytest.approx(100 * rec["geometry"]["energy"]["two_sided"][i])
     assert hm.customdata[row][col] == rec["name"]  # a click opens this tensor
     assert "input_layernorm" not in hm.x  # 1-D: no geometry
-    sampled = F.geometry_heatmap(demo_results["sft"]["tensors"]).data[0]
+    sampled = FA.geometry_heatmap(demo_results["sft"]["tensors"]).data[0]
     assert list(sampled.y) == ["0", "2", "3"]  # first, middle and last layer of the stack
 
 
 def test_geometry_heatmap_draws_one_block_per_stack(demo_results):
     tensors = _stacked(demo_results["rl_a"]["tensors"], ("encoder.block", "decoder.block"))
-    fig = F.geometry_heatmap(tensors)
+    fig = FA.geometry_heatmap(tensors)
     assert [tr.name for tr in fig.data] == ["decoder.block", "encoder.block"]
     assert {tr.coloraxis for tr in fig.data} == {"coloraxis"}
     assert list(fig.data[0].z) == list(fig.data[1].z)
@@ -63,7 +64,7 @@ def test_geometry_heatmap_draws_one_block_per_stack(demo_results):
 
 def test_geometry_layers_are_element_weighted_over_the_layer(demo_results):
     r = demo_results["rl_a"]
-    fig = F.geometry_layers(r["tensors"])
+    fig = FA.geometry_layers(r["tensors"])
     u, _, drift = fig.data
     layer1 = [t for t in r["tensors"] if t["layer"] == 1 and t["geometry"]]
     i = layer1[0]["geometry"]["q"].index(0.05)
@@ -77,7 +78,7 @@ def test_geometry_layers_are_element_weighted_over_the_layer(demo_results):
 
 def test_sparsity_heatmap_cells_link_to_their_tensor(demo_results):
     r = demo_results["rl_b"]
-    hm = F.layer_module_heatmap(r["tensors"], r["curve_tolerances"], 1e-5).data[0]
+    hm = FA.layer_module_heatmap(r["tensors"], r["curve_tolerances"], 1e-5).data[0]
     assert hm.customdata[list(hm.y).index("3")][list(hm.x).index("self_attn.v_proj")] == \
         "model.layers.3.self_attn.v_proj.weight"
 
@@ -95,10 +96,10 @@ def test_mask_density_of_the_embedding_matches_the_mask(demo_results):
     rec = next(t for t in demo_results["rl_a"]["tensors"] if t["name"] == name)
     assert d["row_coverage"] == pytest.approx(rec["row_coverage"])
     assert d["col_coverage"] == pytest.approx(rec["col_coverage"])
-    fig = F.mask_density(d)
+    fig = FT.mask_density(d)
     assert fig.data[0].z[5][7] == pytest.approx(100 * mask[40:48, 14:16].mean())
-    assert F.mask_density(d, "log").data[0].colorbar.title.text.startswith("log10")
-    cov = F.coverage_histograms(d)
+    assert FT.mask_density(d, "log").data[0].colorbar.title.text.startswith("log10")
+    cov = FT.coverage_histograms(d)
     assert list(cov.data[0].y) == d["row_hist"] and list(cov.data[1].y) == d["col_hist"]
     one_d = density(path, "model.norm.weight")
     assert one_d["shape"] == [128] and len(one_d["density"]) == 1
@@ -107,11 +108,11 @@ def test_mask_density_of_the_embedding_matches_the_mask(demo_results):
 def test_drilldown_figures_use_the_tensor_record(demo_results):
     r = demo_results["rl_a"]
     rec = next(t for t in r["tensors"] if t["name"] == "model.layers.1.mlp.up_proj.weight")
-    spectra = F.singular_spectra(rec)
+    spectra = FT.singular_spectra(rec)
     assert list(spectra.data[0].y) == rec["geometry"]["spectra"]["base"]
     assert list(spectra.data[1].y) == rec["geometry"]["spectra"]["tuned"]
     assert len(spectra.data[0].x) == min(rec["shape"])
-    ulp = F.tensor_ulp(rec, r["summary"]["ulp"]["buckets"])
+    ulp = FT.tensor_ulp(rec, r["summary"]["ulp"]["buckets"])
     assert ulp.data[0].y[0] == rec["ulp"][0]
     assert tensor.href("abc", "model.layers.1.mlp.up_proj.weight") == "/a/abc/t/model.layers.1.mlp.up_proj.weight"
     assert tensor.href("abc", "a/b c") == "/a/abc/t/a%2Fb%20c"

@@ -1,4 +1,4 @@
-"""Run figures (frontend/run_figures.py) on a real dynamics result: the plotted numbers are the result's."""
+"""Run figures (frontend/figures/run.py) on a real dynamics result: the plotted numbers are the result's."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from run_checkpoints import write_run
 
 from app.cli.main import main as cli
-from frontend import run_figures as RF
+from frontend.figures import run as RF
 from frontend.pages import run as page
 
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import httpx
-
-FINAL = ("done", "failed")
+from support.polling import wait_status
 
 
 @dataclass
@@ -33,21 +31,6 @@ def get(client: httpx.Client, analysis_id: str) -> dict:
     return r.json()
 
 
-def wait_for(client: httpx.Client, analysis_id: str, statuses=FINAL, *, timeout: float = 60.0,
-             interval: float = 0.1) -> dict:
-    deadline = time.monotonic() + timeout
-    body: dict = {}
-    while time.monotonic() < deadline:
-        body = get(client, analysis_id)
-        if body["status"] in statuses:
-            return body
-        time.sleep(interval)
-    raise AssertionError(
-        f"analysis {analysis_id} not {statuses} after {timeout}s: status={body.get('status')} "
-        f"progress={body.get('progress')} error={body.get('error')}"
-    )
-
-
 def _detail_text(body) -> tuple[str | None, str]:
     """FastAPI bodies: {"detail": "text"} or {"detail": {"code","message"}} or a list of errors."""
     detail = body.get("detail", body) if isinstance(body, dict) else body
@@ -67,6 +50,6 @@ def outcome(client: httpx.Client, base: str, tuned: str, *, timeout: float = 60.
         code, message = _detail_text(r.json())
         return Outcome("rejected", code, message, r.json())
     assert r.status_code in (200, 201, 202), f"unexpected {r.status_code}: {r.text}"
-    body = wait_for(client, r.json()["id"], timeout=timeout)
+    body = wait_status(client, r.json()["id"], timeout=timeout, interval=0.1)
     error = body.get("error") or {}
     return Outcome(body["status"], error.get("code"), error.get("message", ""), body)

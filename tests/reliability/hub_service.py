@@ -13,7 +13,7 @@ from pathlib import Path
 
 from checkpoint_files import broken_files, llama_config, nudge, small_state, write_checkpoint
 from hubserver import HubServer  # tests/ is on sys.path (tests/conftest.py's directory)
-from services import start_service
+from support.service import start_service
 
 # A token shaped like a real one, unique enough that finding it anywhere is a leak.
 TOKEN = "hf_ReliabilitySuiteSecret7f3c9a1e5d2b8046"

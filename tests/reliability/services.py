@@ -1,55 +1,22 @@
-"""Service processes the reliability tests need beyond the shared `svc`.
+"""Service processes the reliability tests need beyond the shared `svc` (tests/support/service.py).
 
-The service fixtures live in tests/conftest.py; a pytest conftest cannot be imported
-by name reliably (tests/reliability has one too), so its module is loaded here from
-its path. Everything started here is a real process on loopback, like `svc`.
+Everything started here is a real process on loopback, like `svc`.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import psutil
-
-_ROOT_CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
-
-
-def _load_root_conftest():
-    for module in list(sys.modules.values()):  # pytest has normally imported it already
-        if getattr(module, "__file__", None) and Path(module.__file__).resolve() == _ROOT_CONFTEST:
-            return module
-    name = "subnetscope_tests_service"
-    spec = importlib.util.spec_from_file_location(name, _ROOT_CONFTEST)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-_service = _load_root_conftest()
-start_service = _service.start_service
-cli = _service._cli
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
-    """Poll `predicate` until it returns something truthy; that value is returned."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+from support.polling import wait_for
+from support.service import cli
 
 
 def run_holder(svc, analysis_id: str) -> psutil.Process | None:
-    """The process running `analysis_id` now: its run key holds "host:pid:job" (worker/tasks.py).
+    """The process running `analysis_id` now: its attempt key holds "host:pid:job" (worker/jobrun.py).
 
     Under RQ that is the work horse, a child of the worker (whose other child is RQ's
     scheduler, which must not be mistaken for it).
@@ -106,6 +73,6 @@ def start_worker_with_small_disk(svc, directory: Path, size: str) -> str:
     with open(svc.logs_dir / f"{name}.log", "ab") as log:
         svc.worker = subprocess.Popen(command, env=svc.env, cwd=svc.root, stdin=subprocess.DEVNULL, stdout=log,
                                       stderr=subprocess.STDOUT, start_new_session=True)
-    wait_until(lambda: worker_is_present(svc, name) or svc.worker.poll() is not None, 60, f"worker {name}")
+    wait_for(lambda: worker_is_present(svc, name) or svc.worker.poll() is not None, 60, f"worker {name}")
     assert svc.worker.poll() is None, svc.log_text(f"{name}.log")[-3000:]
     return name

@@ -10,7 +10,7 @@ import pickle
 
 import pytest
 import torch
-from api import outcome, submit, wait_for
+from api import outcome, submit
 from checkpoint_files import (
     broken_files,
     llama_config,
@@ -20,6 +20,7 @@ from checkpoint_files import (
     write_broken,
     write_checkpoint,
 )
+from support.polling import wait_status
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -208,4 +209,4 @@ def test_good_analysis_after_all_the_bad_ones(svc):
     """Nothing above left the worker wedged: a fresh analysis still completes."""
     r = submit(svc.client, svc.demo("base"), svc.demo("rl_b"), tolerance=3e-5)
     assert r.status_code in (200, 201, 202), r.text
-    assert wait_for(svc.client, r.json()["id"])["status"] == "done"
+    assert wait_status(svc.client, r.json()["id"])["status"] == "done"

@@ -10,9 +10,10 @@ the machine is affected.
 from __future__ import annotations
 
 import pytest
-from api import get, submit, wait_for
+from api import get, submit
 from checkpoint_files import write_big_pair
 from services import start_worker_with_small_disk, tmpfs_mount_works
+from support.polling import wait_status
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -37,7 +38,7 @@ def test_disk_full_while_writing_masks_fails_clearly_and_harms_nothing_else(svc)
         aid = r.json()["id"]
         start_worker_with_small_disk(svc, svc.data_dir / "artifacts" / aid, SMALL_DISK)
 
-        failed = wait_for(svc.client, aid, timeout=120)
+        failed = wait_status(svc.client, aid, timeout=120)
         assert failed["status"] == "failed", failed
         error = failed["error"]
         assert error["code"] == "disk_full", error
@@ -51,7 +52,7 @@ def test_disk_full_while_writing_masks_fails_clearly_and_harms_nothing_else(svc)
         assert svc.client.get("/api/health").status_code == 200
         other = submit(svc.client, svc.demo("base"), svc.demo("sft"), tolerance=2.5e-5)
         assert other.status_code in (200, 202), other.text
-        assert wait_for(svc.client, other.json()["id"], timeout=120)["status"] == "done"
+        assert wait_status(svc.client, other.json()["id"], timeout=120)["status"] == "done"
         assert get(svc.client, aid)["status"] == "failed"  # and nothing retried it behind our back
     finally:
         svc.stop_worker()
@@ -60,7 +61,7 @@ def test_disk_full_while_writing_masks_fails_clearly_and_harms_nothing_else(svc)
     # Space back (an ordinary worker): a retry completes, resuming from the recorded tensors.
     retried = svc.client.post(f"/api/analyses/{aid}/retry")
     assert retried.status_code in (200, 202), retried.text
-    done = wait_for(svc.client, aid, timeout=120)
+    done = wait_status(svc.client, aid, timeout=120)
     assert done["status"] == "done", done["error"]
     assert done["error"] is None
     assert len(done["result"]["tensors"]) == TENSORS

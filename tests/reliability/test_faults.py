@@ -12,10 +12,11 @@ import signal
 import time
 
 import pytest
-from api import get, submit, wait_for
+from api import get, submit
 from checkpoint_files import write_big_pair
 from rq import Queue
-from services import run_holder, wait_until, worker_is_present
+from services import run_holder, worker_is_present
+from support.polling import wait_for, wait_idle, wait_status
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -37,11 +38,6 @@ def start_big(svc, big_pair, tolerance: float) -> str:
     return r.json()["id"]
 
 
-def wait_idle(svc, timeout: float = 120) -> None:
-    wait_until(lambda: svc.redis.scard("subnetscope:running") == 0 and svc.redis.llen("rq:queue:subnetscope") == 0,
-               timeout, "the service to be idle")
-
-
 def wait_some_finished(svc, aid: str, n: int = 3) -> dict:
     """Poll until the run has `n` finished tensors; fails if it finishes first."""
 
@@ -50,7 +46,7 @@ def wait_some_finished(svc, aid: str, n: int = 3) -> dict:
         assert body["status"] != "done", "finished before it could be interrupted; make the pair bigger"
         return body if body["status"] == "running" and len(body["partial"] or []) >= n else None
 
-    return wait_until(ready, 120, f"{n} finished tensors of {aid}", interval=0.01)
+    return wait_for(ready, 120, f"{n} finished tensors of {aid}", interval=0.01)
 
 
 def run_starts(svc, aid: str) -> list[int]:
@@ -86,7 +82,7 @@ def test_worker_sigkilled_mid_analysis_is_shown_stalled_then_resumes(svc, big_pa
     svc.kill_worker()  # SIGKILL to the worker and its work horse
     finished_before = len(get(svc.client, aid)["partial"])
 
-    stalled = wait_for(svc.client, aid, ("stalled", "done", "failed"), timeout=60)
+    stalled = wait_status(svc.client, aid, ("stalled", "done", "failed"), timeout=60)
     assert stalled["status"] == "stalled", stalled["status"]
     assert "worker" in stalled["stalled_reason"].lower()
     # Partial results are shown as partial, never as a result.
@@ -94,7 +90,7 @@ def test_worker_sigkilled_mid_analysis_is_shown_stalled_then_resumes(svc, big_pa
     assert get(svc.client, aid)["status"] == "stalled"  # it stays stalled while no worker lives
 
     svc.start_worker()
-    final = wait_for(svc.client, aid, timeout=240)
+    final = wait_status(svc.client, aid, timeout=240)
     assert final["status"] == "done", final["error"]
     assert final["runs"] == 2
     starts = run_starts(svc, aid)
@@ -112,7 +108,7 @@ def test_work_horse_sigkilled_is_picked_up_again_by_the_live_worker(svc, big_pai
     horse.send_signal(signal.SIGKILL)
     finished_before = len(get(svc.client, aid)["partial"])
 
-    final = wait_for(svc.client, aid, timeout=240)
+    final = wait_status(svc.client, aid, timeout=240)
     assert final["status"] == "done", final["error"]
     assert final["runs"] == 2
     starts = run_starts(svc, aid)
@@ -129,13 +125,13 @@ def test_frozen_work_horse_is_shown_stalled_then_recovers(svc, big_pair):
     assert horse is not None, "no work horse found running the analysis"
     horse.suspend()
     try:
-        stalled = wait_for(svc.client, aid, ("stalled", "done", "failed"), timeout=60)
+        stalled = wait_status(svc.client, aid, ("stalled", "done", "failed"), timeout=60)
         assert stalled["status"] == "stalled", stalled["status"]
         assert stalled["stalled_reason"] and stalled["result"] is None and stalled["partial"]
     finally:
         horse.resume()
     # The thawed run finds its claim gone and stops; the run queued meanwhile finishes the job.
-    final = wait_for(svc.client, aid, timeout=240)
+    final = wait_status(svc.client, aid, timeout=240)
     assert final["status"] == "done", final["error"]
     assert final["runs"] == 2
     assert len(final["result"]["tensors"]) == TENSORS
@@ -145,7 +141,7 @@ def test_frozen_work_horse_is_shown_stalled_then_recovers(svc, big_pair):
 def test_finished_analysis_is_never_reflagged(svc, big_pair):
     """Kills, restarts, late retries and resubmissions leave a finished analysis exactly as it was."""
     aid = start_big(svc, big_pair, 1.3e-5)
-    done = wait_for(svc.client, aid, timeout=240)
+    done = wait_status(svc.client, aid, timeout=240)
     assert done["status"] == "done", done["error"]
     runs_started = int(svc.redis.get(RUNS_STARTED))
 
@@ -163,7 +159,7 @@ def test_finished_analysis_is_never_reflagged(svc, big_pair):
         stale.refresh()
         return stale.get_status() in ("finished", "failed")
 
-    wait_until(stale_job_done, 60, "the stale job to run")
+    wait_for(stale_job_done, 60, "the stale job to run")
     assert stale.return_value() == "done"
     # Several janitor rounds and more than a liveness period pass; it is never touched.
     deadline = time.monotonic() + 10
@@ -177,7 +173,7 @@ def test_finished_analysis_is_never_reflagged(svc, big_pair):
 
 def test_analysis_whose_worker_keeps_dying_ends_failed_with_a_clear_reason(svc, big_pair):
     """A run killed every time (a checkpoint that brings the OOM killer) is failed after a bound, not looped."""
-    from app.core.store import MAX_LOST_RUNS
+    from app.core.store import MAX_LOST_ATTEMPTS
 
     aid = start_big(svc, big_pair, 1.5e-5)
     killed: list[int] = []
@@ -189,19 +185,19 @@ def test_analysis_whose_worker_keeps_dying_ends_failed_with_a_clear_reason(svc, 
         horse = run_holder(svc, aid)
         return horse if horse is not None and horse.pid not in killed else None
 
-    while len(killed) <= MAX_LOST_RUNS + 1:
-        seen = wait_until(next_run, 120, f"run {len(killed) + 1} of {aid} to start")
+    while len(killed) <= MAX_LOST_ATTEMPTS + 1:
+        seen = wait_for(next_run, 120, f"run {len(killed) + 1} of {aid} to start")
         if isinstance(seen, dict):
             break
         seen.send_signal(signal.SIGKILL)
         killed.append(seen.pid)
     kills = len(killed)
-    final = wait_for(svc.client, aid, timeout=120)
+    final = wait_status(svc.client, aid, timeout=120)
     assert final["status"] == "failed", f"still {final['status']} after {kills} killed runs"
-    assert kills == MAX_LOST_RUNS, kills
+    assert kills == MAX_LOST_ATTEMPTS, kills
     assert final["error"]["code"] == "worker_lost", final["error"]
     message = final["error"]["message"].lower()
-    assert "died" in message and str(MAX_LOST_RUNS) in message and "retry" in message, message
+    assert "died" in message and str(MAX_LOST_ATTEMPTS) in message and "retry" in message, message
     assert final["result"] is None
     # It stays failed: nothing picks it up again behind the user's back.
     wait_idle(svc)
@@ -209,7 +205,7 @@ def test_analysis_whose_worker_keeps_dying_ends_failed_with_a_clear_reason(svc, 
 
     # An explicit retry resumes it, and a healthy run finishes it.
     assert svc.client.post(f"/api/analyses/{aid}/retry").json()["status"] == "queued"
-    done = wait_for(svc.client, aid, timeout=240)
+    done = wait_status(svc.client, aid, timeout=240)
     assert done["status"] == "done", done["error"]
     assert_counts_match_engine(done["result"], big_pair[2], big_pair[3])
 
@@ -245,12 +241,12 @@ def assert_redis_down_answers(svc, known_id: str) -> None:
 def test_redis_sigkilled_and_restarted_loses_no_finished_analysis(svc, big_pair):
     for tolerance in (4.1e-6, 4.2e-6, 4.3e-6):
         r = submit(svc.client, svc.demo("base"), svc.demo("rl_a"), tolerance=tolerance)
-        assert wait_for(svc.client, r.json()["id"], timeout=120)["status"] == "done"
+        assert wait_status(svc.client, r.json()["id"], timeout=120)["status"] == "done"
     before = finished_analyses(svc)  # these and every analysis the earlier tests finished
     assert len(before) >= 3
     known = next(iter(before))
 
-    wait_until(lambda: aof_written(svc), 30, "the AOF to be written")
+    wait_for(lambda: aof_written(svc), 30, "the AOF to be written")
     svc.kill_redis()  # SIGKILL: no shutdown save, only the AOF brings data back
     try:
         assert_redis_down_answers(svc, known)
@@ -264,10 +260,10 @@ def test_redis_sigkilled_and_restarted_loses_no_finished_analysis(svc, big_pair)
         assert after[aid]["result"] == body["result"], aid
         assert after[aid]["runs"] == body["runs"] and after[aid]["created_at"] == body["created_at"]
     # The worker reconnects by itself and takes new work.
-    wait_until(lambda: svc.client.get("/api/health").json()["workers"] >= 1, 60, "the worker to reconnect")
+    wait_for(lambda: svc.client.get("/api/health").json()["workers"] >= 1, 60, "the worker to reconnect")
     r = submit(svc.client, svc.demo("base"), svc.demo("rl_b"), tolerance=8.8e-6)
     assert r.status_code == 202, r.text  # the submission refused while Redis was down left nothing behind
-    assert wait_for(svc.client, r.json()["id"], timeout=120)["status"] == "done"
+    assert wait_status(svc.client, r.json()["id"], timeout=120)["status"] == "done"
 
 
 def test_redis_sigkilled_mid_analysis_the_analysis_still_completes(svc, big_pair):
@@ -281,12 +277,12 @@ def test_redis_sigkilled_mid_analysis_the_analysis_still_completes(svc, big_pair
     finally:
         svc.start_redis()
 
-    body = wait_for(svc.client, aid, timeout=240)
+    body = wait_status(svc.client, aid, timeout=240)
     if body["status"] == "failed":  # allowed, if it says why and a retry then finishes it
         assert body["error"]["message"] and body["error"]["code"] != "internal", body["error"]
         assert svc.client.post(f"/api/analyses/{aid}/retry").status_code in (200, 202)
-        body = wait_for(svc.client, aid, timeout=240)
+        body = wait_status(svc.client, aid, timeout=240)
     assert body["status"] == "done", body["error"]
     assert_counts_match_engine(body["result"], big_pair[2], big_pair[3])
-    wait_until(lambda: worker_is_present(svc, svc.worker_names[-1]), 60, "the worker to announce itself again")
+    wait_for(lambda: worker_is_present(svc, svc.worker_names[-1]), 60, "the worker to announce itself again")
     assert json.loads(svc.redis.hget(f"subnetscope:analysis:{aid}", "summary"))["tensors"] == TENSORS

@@ -10,8 +10,9 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from api import outcome, submit, wait_for
+from api import outcome, submit
 from hub_service import BASE, GATED, TUNED, hub_and_service
+from support.polling import wait_status
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -42,7 +43,7 @@ def start_other(svc) -> str:
 
 def still_serving(svc, other: str) -> None:
     assert svc.client.get("/api/health").status_code == 200
-    body = wait_for(svc.client, other, timeout=120)
+    body = wait_status(svc.client, other, timeout=120)
     assert body["status"] == "done", body["error"]
 
 

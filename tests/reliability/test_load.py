@@ -12,18 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from api import get, wait_for
+from api import get
 from checkpoint_files import write_big_pair
-from services import wait_until
+from support.polling import wait_idle, wait_status
 
 pytestmark = pytest.mark.timeout(300)
 
 RUNS_STARTED = "subnetscope:stats:analysis_runs_started"
-
-
-def wait_idle(svc) -> None:
-    wait_until(lambda: svc.redis.scard("subnetscope:running") == 0 and svc.redis.llen("rq:queue:subnetscope") == 0,
-               120, "the service to be idle")
 
 
 def burst(svc, n: int, call) -> list[tuple[float, httpx.Response]]:
@@ -60,7 +55,7 @@ def test_hundred_concurrent_identical_submissions_compute_once(svc, load_pair):
     ids = {r.json()["id"] for _, r in results}
     assert len(ids) == 1, ids
     (aid,) = ids
-    final = wait_for(svc.client, aid, timeout=240)
+    final = wait_status(svc.client, aid, timeout=240)
     assert final["status"] == "done", final["error"]
     wait_idle(svc)
 
@@ -77,7 +72,7 @@ def test_two_hundred_concurrent_result_reads(svc, load_pair, capsys):
     r = svc.client.post("/api/analyses", json={"base": load_pair[0], "tuned": load_pair[1], "tolerance": 5.6e-6,
                                                 "rank": "all"})
     aid = r.json()["id"]
-    expected = wait_for(svc.client, aid, timeout=240)
+    expected = wait_status(svc.client, aid, timeout=240)
     assert expected["status"] == "done", expected["error"]
 
     paths = [f"/api/analyses/{aid}", f"/api/analyses/{aid}/tensors", "/api/analyses?limit=20"]

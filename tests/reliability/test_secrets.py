@@ -8,9 +8,10 @@ revision and read headers) and the worker (to read the weights).
 from __future__ import annotations
 
 import pytest
-from api import submit, wait_for
+from api import submit
 from hub_service import BASE, GATED, GATED_REVOCABLE, TOKEN, TOKEN_REVOCABLE, hub_and_service
 from redis_scan import redis_contents, secret_holders
+from support.polling import wait_status
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -51,9 +52,9 @@ def test_token_is_used_and_leaves_no_trace(hub_svc):
     finally:
         svc.start_worker()
 
-    body = wait_for(svc.client, aid, timeout=120)
+    body = wait_status(svc.client, aid, timeout=120)
     assert body["status"] == "done", body["error"]
-    failed = wait_for(svc.client, revoked, timeout=120)
+    failed = wait_status(svc.client, revoked, timeout=120)
     assert failed["status"] == "failed" and failed["error"]["code"] == "gated", failed["error"]
 
     # The token was really used: the gated repo's files were requested with it (the Hub

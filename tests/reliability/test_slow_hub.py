@@ -16,10 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from api import submit, wait_for
+from api import submit
 from hub_service import BASE, GATED, TOKEN, TUNED, write_repos
 from hubserver import HubServer
-from services import start_service, wait_until
+from support.polling import wait_for, wait_status
+from support.service import start_service
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -82,21 +83,20 @@ def wait_hub_quiet(hub, quiet_s: float = 2.0, timeout: float = 90.0) -> None:
     """Until the Hub has answered nothing for `quiet_s` (held requests retry about a second after
     they are let go, so this waits at least that long)."""
     time.sleep(1.5)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def quiet() -> bool:
         with hub._lock:
             last = max((r.finished for r in hub.requests), default=0.0)
-        if time.monotonic() - last >= quiet_s:
-            return
-        time.sleep(0.2)
-    raise AssertionError("the Hub never went quiet")
+        return time.monotonic() - last >= quiet_s
+
+    wait_for(quiet, timeout, "the Hub to go quiet", interval=0.2)
 
 
 def test_hanging_hub_never_stalls_reads(hub_svc, capsys):
     hub, svc = hub_svc
     r = submit(svc.client, svc.demo("base"), svc.demo("rl_a"), tolerance=9.1e-6)
     aid = r.json()["id"]
-    assert wait_for(svc.client, aid, timeout=120)["status"] == "done"
+    assert wait_status(svc.client, aid, timeout=120)["status"] == "done"
     # A finished result (the cached path) and two reads that need the thread pool and Redis.
     paths = [f"/api/analyses/{aid}", "/api/analyses?limit=20", "/api/health"]
     read_for(svc, 1.0, paths)  # warm: connections, caches, imports
@@ -115,7 +115,7 @@ def test_hanging_hub_never_stalls_reads(hub_svc, capsys):
     for t in posters:
         t.start()
     try:
-        wait_until(lambda: hub.held >= 1, 30, "a submission to reach the hanging Hub")
+        wait_for(lambda: hub.held >= 1, 30, "a submission to reach the hanging Hub")
         time.sleep(0.3)  # the burst of POSTs has landed
         loaded = read_for(svc, READ_S, paths)
         reads_ended = time.monotonic()
@@ -176,7 +176,7 @@ def test_hub_outage_and_redis_outage_have_distinct_codes(hub_svc):
     # The Hub answering again: the same pair is accepted.
     r = submit(svc.client, BASE, TUNED, tolerance=3.5e-5)
     assert r.status_code == 202, r.text
-    assert wait_for(svc.client, r.json()["id"], timeout=120)["status"] == "done"
+    assert wait_status(svc.client, r.json()["id"], timeout=120)["status"] == "done"
 
     # Redis down: 503 redis_unavailable, a different code and status.
     svc.kill_redis()

@@ -1,63 +1,25 @@
-"""Helpers for the service tests: follow analyses, compare with the CLI, write checkpoints."""
+"""Helpers for the service tests: submit, compare with the CLI, write checkpoints (polling and the
+service itself: tests/support/)."""
 
 from __future__ import annotations
 
 import json
 import math
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import torch
 from safetensors.torch import save_file
+from support.polling import wait_status
+from support.service import VENV_BIN
 
-VENV_BIN = Path(sys.executable).parent
 # Fields that describe how a run went, not what it found.
 TIMING_FIELDS = {"seconds", "bytes_read", "device"}
 
 
-def root_conftest():
-    """tests/conftest.py as a module (`import conftest` may find another directory's conftest, and
-    pytest's `conftest` entry in sys.modules is replaced when tests/engine/conftest.py is collected too)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    for module in list(sys.modules.values()):
-        if getattr(module, "__file__", None) and Path(module.__file__).resolve() == path:
-            return module
-    name = "subnetscope_tests_root_conftest"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
 def submit(client: httpx.Client, base: str, tuned: str, **fields) -> httpx.Response:
     return client.post("/api/analyses", json={"base": base, "tuned": tuned, **fields})
-
-
-def wait_for(client: httpx.Client, path: str, statuses=("done", "failed"), timeout: float = 120.0,
-             interval: float = 0.05) -> dict:
-    """Poll GET `path` (an analysis, overlap or training run) until its status is one of `statuses`."""
-    deadline = time.monotonic() + timeout
-    body: dict = {}
-    while time.monotonic() < deadline:
-        r = client.get(path)
-        assert r.status_code == 200, r.text
-        body = r.json()
-        if body["status"] in statuses:
-            return body
-        time.sleep(interval)
-    raise AssertionError(f"{path} not {statuses} after {timeout}s: {body.get('status')} "
-                         f"{body.get('progress')} {body.get('error')}")
-
-
-def wait_status(client: httpx.Client, analysis_id: str, statuses=("done", "failed"), timeout: float = 120.0,
-                interval: float = 0.05) -> dict:
-    return wait_for(client, f"/api/analyses/{analysis_id}", statuses, timeout, interval)
 
 
 def done(client: httpx.Client, base: str, tuned: str, **fields) -> dict:
@@ -66,16 +28,6 @@ def done(client: httpx.Client, base: str, tuned: str, **fields) -> dict:
     body = wait_status(client, r.json()["id"])
     assert body["status"] == "done", body["error"]
     return body
-
-
-def wait_idle(svc, timeout: float = 120.0) -> None:
-    """No analysis queued or running: counters read afterwards belong to the test alone."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if svc.redis.scard("subnetscope:running") == 0 and svc.redis.llen("rq:queue:subnetscope") == 0:
-            return
-        time.sleep(0.1)
-    raise AssertionError("the service did not become idle")
 
 
 def cli_result(base_dir: Path, tuned_dir: Path, tmp: Path, **options) -> dict:

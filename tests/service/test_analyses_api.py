@@ -6,15 +6,8 @@ import json
 import time
 
 import pytest
-from service_helpers import (
-    assert_same_numbers,
-    cli_result,
-    comparable,
-    done,
-    submit,
-    wait_status,
-    write_many_tensor_pair,
-)
+from service_helpers import assert_same_numbers, cli_result, comparable, done, submit, write_many_tensor_pair
+from support.polling import wait_status
 
 pytestmark = pytest.mark.timeout(300)
 

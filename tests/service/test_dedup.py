@@ -6,7 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from service_helpers import submit, wait_idle, wait_status
+from service_helpers import submit
+from support.polling import wait_idle, wait_status
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -8,14 +8,14 @@ import json
 import os
 import signal
 import subprocess
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
-from service_helpers import VENV_BIN
+from support.polling import wait_for
+from support.service import VENV_BIN
 
 from app.cli import demo_training
 from app.cli.embedded import free_port
@@ -112,18 +112,10 @@ def start_serve(data_dir: Path, port: int, log: Path, mode: str) -> subprocess.P
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
-def wait_for(what, timeout: float, proc: subprocess.Popen, log: Path):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-        try:
-            value = what()
-            if value:
-                return value
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out:\n{log.read_text()[-3000:]}")
+def wait_serving(check, timeout: float, proc: subprocess.Popen, log: Path):
+    """Until `check()` is truthy (an HTTP error means not yet); fails at once if serve exits."""
+    return wait_for(check, timeout, "serve", interval=0.2, ignore=(httpx.HTTPError,), proc=proc,
+                    details=lambda: log.read_text()[-3000:])
 
 
 @pytest.mark.slow
@@ -137,10 +129,10 @@ def test_serve_answers_while_the_demo_trains(tmp_path):
     # full: a minute of training, so the service is up long before it ends.
     proc = start_serve(data_dir, port, log, "full")
     try:
-        wait_for(lambda: httpx.get(f"{base}/api/health", timeout=2).json()["workers"] >= 1, 120, proc, log)
+        wait_serving(lambda: httpx.get(f"{base}/api/health", timeout=2).json()["workers"] >= 1, 120, proc, log)
         assert httpx.get(f"{base}/", timeout=5).status_code == 200
-        training = wait_for(lambda: (s := httpx.get(f"{base}/api/demo", timeout=2).json()["trained"])["state"]
-                            == "training" and (s["percent"] or 0) > 0 and s, 60, proc, log)
+        training = wait_serving(lambda: (s := httpx.get(f"{base}/api/demo", timeout=2).json()["trained"])["state"]
+                                == "training" and (s["percent"] or 0) > 0 and s, 60, proc, log)
         assert training["pairs"] == [] and training["mode"] == "full"
         assert not (demo / "trained").exists()
     finally:
@@ -156,9 +148,9 @@ def test_serve_answers_while_the_demo_trains(tmp_path):
     # The next start trains again (quick here) and the family appears whole.
     proc = start_serve(data_dir, port, log, "quick")
     try:
-        wait_for(lambda: httpx.get(f"{base}/api/health", timeout=2).json()["workers"] >= 1, 120, proc, log)
-        ready = wait_for(lambda: (s := httpx.get(f"{base}/api/demo", timeout=2).json()["trained"])["state"]
-                         == "ready" and s, 120, proc, log)
+        wait_serving(lambda: httpx.get(f"{base}/api/health", timeout=2).json()["workers"] >= 1, 120, proc, log)
+        ready = wait_serving(lambda: (s := httpx.get(f"{base}/api/demo", timeout=2).json()["trained"])["state"]
+                             == "ready" and s, 120, proc, log)
         assert ready["pairs"][1] == {"base": "local:demo/trained/base", "tuned": "local:demo/trained/rl",
                                      "label": "trained · RL"}
         assert ready["runs"] == ["local:demo/trained/sft_run", "local:demo/trained/rl_run"]
@@ -167,8 +159,8 @@ def test_serve_answers_while_the_demo_trains(tmp_path):
                                                      "tuned": "local:demo/trained/rl"})
         assert r.status_code == 202, r.text
         aid = r.json()["id"]
-        body = wait_for(lambda: (b := httpx.get(f"{base}/api/analyses/{aid}").json())["status"]
-                        in ("done", "failed") and b, 120, proc, log)
+        body = wait_serving(lambda: (b := httpx.get(f"{base}/api/analyses/{aid}").json())["status"]
+                            in ("done", "failed") and b, 120, proc, log)
         assert body["status"] == "done", body.get("error")
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from service_helpers import VENV_BIN
+from support.polling import wait_for
+from support.service import VENV_BIN
 
 from app.cli.embedded import free_port
 
@@ -28,17 +29,12 @@ def start_serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
 
 
 def wait_ready(base: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-        try:
-            r = httpx.get(f"{base}/api/health", timeout=2)
-            if r.status_code == 200 and r.json()["workers"] >= 1:
-                return r.json()
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"serve not ready:\n{log.read_text()[-3000:]}")
+    def ready() -> dict | None:
+        r = httpx.get(f"{base}/api/health", timeout=2)
+        return r.json() if r.status_code == 200 and r.json()["workers"] >= 1 else None
+
+    return wait_for(ready, timeout, "serve to be ready", interval=0.2, ignore=(httpx.HTTPError,), proc=proc,
+                    details=lambda: log.read_text()[-3000:])
 
 
 def stop(proc: subprocess.Popen, sig: int) -> list[psutil.Process]:

@@ -2,7 +2,7 @@
 gives the single-worker result byte for byte, and a worker killed mid-group costs that group
 one more run (resumed from its finished tensors) and no other group anything.
 
-`fanout_svc` is a second service (tests/conftest.py start_service: real redis-server, web app,
+`fanout_svc` is a second service (tests/support/service.py start_service: real redis-server, web app,
 `subnetscope worker` processes) with SUBNETSCOPE_FANOUT_BYTES low enough that these pairs fan
 out; the session's `svc` keeps the default (4 GiB), so the same pair there is one job.
 """
@@ -14,7 +14,9 @@ import subprocess
 import time
 
 import pytest
-from service_helpers import comparable, root_conftest, submit, wait_status, write_many_tensor_pair
+from service_helpers import comparable, submit, write_many_tensor_pair
+from support.polling import wait_status
+from support.service import cli, start_service
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -24,17 +26,15 @@ GROUP_BYTES = 3_000_000
 @pytest.fixture(scope="module")
 def fanout_svc(tmp_path_factory):
     root = tmp_path_factory.mktemp("fanout")
-    service = root_conftest().start_service(root, SUBNETSCOPE_FANOUT_BYTES="8MB",
-                                            SUBNETSCOPE_FANOUT_GROUP_BYTES=str(GROUP_BYTES))
+    service = start_service(root, SUBNETSCOPE_FANOUT_BYTES="8MB", SUBNETSCOPE_FANOUT_GROUP_BYTES=str(GROUP_BYTES))
     yield service
     service.close()
 
 
 def start_extra_worker(svc, name: str) -> subprocess.Popen:
-    conftest = root_conftest()
     log = open(svc.logs_dir / f"{name}.log", "ab")
     try:
-        proc = subprocess.Popen(conftest._cli("worker", "--name", name), env=svc.env, cwd=svc.root,
+        proc = subprocess.Popen(cli("worker", "--name", name), env=svc.env, cwd=svc.root,
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     finally:

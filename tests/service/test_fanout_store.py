@@ -1,4 +1,4 @@
-"""The fan-out bookkeeping in Redis (app/core/store.py FanOut, worker/fanout.py sweep) on a real redis-server,
+"""The fan-out bookkeeping in Redis (app/core/store/groups.py, worker/fanout.py sweep) on a real redis-server,
 with no worker: claims, the reduce queued exactly once, dead groups put back, losses counted."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from rq import Queue
 
 from app.cli.embedded import RedisServer
 from app.core.settings import Settings
-from app.core.store import ALIVE_TTL_S, FAILED, MAX_LOST_RUNS, RUNNING, Store, group_alive_key
+from app.core.store import ALIVE_TTL_S, FAILED, MAX_LOST_ATTEMPTS, RUNNING, Store, group_alive_key
 from worker.fanout import dispatch, sweep
 
 GROUPS = [{"names": ["a", "b"], "bytes": 100}, {"names": ["c"], "bytes": 80}, {"names": ["d", "e"], "bytes": 120}]
@@ -34,7 +34,7 @@ def env(redis_url, tmp_path):
     settings = Settings(redis_url=redis_url, data_dir=tmp_path)
     aid = "f" * 16
     store.create_analysis(aid, {"total_bytes": 300}, {})
-    assert store.start_run(aid, "dispatcher", "w0", {})
+    assert store.start_attempt(aid, "dispatcher", "w0", {})
     store.set_groups(aid, GROUPS)
     return store, settings, aid
 
@@ -83,13 +83,13 @@ def test_sweep_requeues_a_dead_group_and_fails_after_max_lost_runs(env):
     assert store.start_group(aid, 0, "done-run", "w") == 1
     store.finish_group(aid, 0, "done-run", 3, 1, 2, 100)
     assert store.start_group(aid, 1, "alive-run", "w") == 1
-    for death in range(1, MAX_LOST_RUNS + 1):
+    for death in range(1, MAX_LOST_ATTEMPTS + 1):
         assert store.start_group(aid, 2, f"run-{death}", "w") == 1
         store.r.delete(group_alive_key(aid, 2))  # its worker was SIGKILLed: the key expires
         store.refresh_group(aid, 1, "alive-run")
         sweep(store, settings)
         raw = store.get_raw(aid)
-        if death < MAX_LOST_RUNS:
+        if death < MAX_LOST_ATTEMPTS:
             assert raw["status"] == RUNNING and store.is_alive(aid)  # the janitor vouches for it
             assert store.group_states(aid, 3)[2]["status"] == "queued"
             assert jobs(store, settings)[0] == ("worker.tasks.run_group", (aid, 2))  # at the front
@@ -99,7 +99,7 @@ def test_sweep_requeues_a_dead_group_and_fails_after_max_lost_runs(env):
             assert not store.is_fanout(aid)
     # A retry dispatches again: losses forgotten, the done group kept, the others queued.
     store.create_analysis(aid, {}, {})
-    assert store.start_run(aid, "dispatcher-2", "w0", {})
+    assert store.start_attempt(aid, "dispatcher-2", "w0", {})
     store.r.delete(group_alive_key(aid, 1))
     assert dispatch(store, settings, aid, GROUPS) == [1, 2]
     assert [s["lost"] for s in store.group_states(aid, 3)][1:] == ["0", "0"]

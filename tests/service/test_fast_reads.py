@@ -8,7 +8,8 @@ import time
 import httpx
 import psutil
 import pytest
-from service_helpers import done, submit, wait_status
+from service_helpers import done, submit
+from support.polling import wait_status
 
 from app.core.settings import cores
 

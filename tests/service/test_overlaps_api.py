@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from service_helpers import done
+from support.polling import wait_for_status
 
 pytestmark = pytest.mark.timeout(300)
 
 
 def wait_overlap(client, oid: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = client.get(f"/api/overlaps/{oid}").json()
-        if body["status"] in ("done", "failed"):
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"overlap {oid} did not finish: {body}")
+    return wait_for_status(client, f"/api/overlaps/{oid}", timeout=timeout)
 
 
 def test_overlap_of_two_rl_runs_matches_their_masks(svc, tmp_path):

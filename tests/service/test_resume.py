@@ -5,15 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from service_helpers import (
-    assert_same_numbers,
-    cli_result,
-    comparable,
-    submit,
-    wait_idle,
-    wait_status,
-    write_many_tensor_pair,
-)
+from service_helpers import assert_same_numbers, cli_result, comparable, submit, write_many_tensor_pair
+from support.polling import wait_idle, wait_status
 
 pytestmark = pytest.mark.timeout(400)
 

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 from run_checkpoints import base_state, reference, save, train_step, write_run
-from service_helpers import wait_for, wait_idle
+from support.polling import wait_for_status, wait_idle
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -20,7 +20,7 @@ T = 1e-5
 
 
 def wait_run(client, rid: str, statuses=("done", "failed"), timeout: float = 300.0) -> dict:
-    return wait_for(client, f"/api/runs/{rid}", statuses, timeout, interval=0.1)
+    return wait_for_status(client, f"/api/runs/{rid}", statuses, timeout, interval=0.1)
 
 
 @pytest.fixture(scope="module")

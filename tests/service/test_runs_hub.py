@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from hubserver import HubServer
 from run_checkpoints import reference, save, write_run
-from service_helpers import root_conftest
+from support.service import start_service
 from test_runs_api import wait_run
 
 pytestmark = pytest.mark.timeout(600)
@@ -27,7 +27,7 @@ def hub_svc(tmp_path_factory):
         save(repos / "org" / f"run@step-{step}", states[step], trainer_files=True)
     with HubServer(repos) as hub:
         hub.tags["org/run"] = {"step-300"}
-        svc = root_conftest().start_service(root / "svc", HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0")
+        svc = start_service(root / "svc", HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0")
         try:
             yield hub, svc, states
         finally:

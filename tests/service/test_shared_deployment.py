@@ -17,7 +17,8 @@ import psutil
 import pytest
 import torch
 from safetensors.torch import save_file
-from service_helpers import root_conftest, wait_status
+from support.polling import wait_status
+from support.service import start_service
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -65,7 +66,7 @@ def shared(tmp_path_factory):
     write_checkpoint(repos / "org" / "big-base", 512, 2)  # 4.2 MB each
     write_checkpoint(repos / "org" / "big-tuned", 512, 2, nudge=True)
     with HubServer(repos) as hub:
-        svc = root_conftest().start_service(
+        svc = start_service(
             root / "svc", HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", SUBNETSCOPE_API_TOKEN=API_TOKEN,
             SUBNETSCOPE_SUBMIT_RATE=str(RATE), SUBNETSCOPE_SUBMIT_RATE_WINDOW_S=str(WINDOW_S),
             SUBNETSCOPE_MAX_BYTES=str(MAX_BYTES))

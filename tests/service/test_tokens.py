@@ -6,7 +6,8 @@ import uuid
 
 import pytest
 from redis_scan import secret_holders
-from service_helpers import submit, wait_status
+from service_helpers import submit
+from support.polling import wait_status
 
 pytestmark = pytest.mark.timeout(300)
 

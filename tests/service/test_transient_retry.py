@@ -6,7 +6,8 @@ import time
 
 import pytest
 from checkpoint_utils import write_pair
-from service_helpers import assert_same_numbers, cli_result, comparable, root_conftest, submit
+from service_helpers import assert_same_numbers, cli_result, comparable, submit
+from support.service import start_service
 
 pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]
 
@@ -14,8 +15,6 @@ pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]
 @pytest.fixture(scope="module")
 def hub_svc(tmp_path_factory):
     from hubserver import HubServer
-
-    start_service = root_conftest().start_service
 
     root = tmp_path_factory.mktemp("hubsvc")
     repos = root / "repos"

@@ -7,7 +7,6 @@ matrix at a time.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections import deque
@@ -21,16 +20,17 @@ from typing import Literal
 import torch
 
 from worker.engine import masks as mask_files
+from worker.engine.checkpoints.quantized import CodeCounts, quantization_record
 from worker.engine.checkpoints.sources import Piece, Source
 from worker.engine.errors import EngineError
 from worker.engine.kernel import geometry as geo
-from worker.engine.kernel.accumulator import CURVE_TOLERANCES, EXACT_TOLERANCES, ULP_BUCKETS, Kernel, tolerance_key
-from worker.engine.pairing.location import layer_order, locate, name_order
+from worker.engine.kernel.accumulator import Kernel
+from worker.engine.kernel.bins import EXACT_TOLERANCES
+from worker.engine.pairing.location import locate, name_order
 from worker.engine.pairing.pairs import Pair, Pairing, check_compatible, pair_tensors
-from worker.engine.reference import reference_for
+from worker.engine.result import ENGINE_VERSION, SCHEMA, build_result, tensor_record  # noqa: F401 (re-exported)
+from worker.engine.tolerance import Tolerance, tolerance_key
 
-ENGINE_VERSION = "0.2.0"
-SCHEMA = 1
 # Elements per piece: big enough to amortise per-op overhead, small enough to stay in cache.
 PIECE_ELEMENTS = 1 << 19
 # Pieces measured at once on a CPU; each costs a few piece-sized temporaries.
@@ -43,16 +43,19 @@ class AnalysisOptions:
     rank: Literal["off", "sampled", "all"] = "off"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     geometry: Literal["off", "sampled", "all"] = "off"  # update geometry (geometry.py): same layers as rank
+    backend: Literal["auto", "numba", "torch"] = "auto"  # the kernel's (accumulator.Kernel); results are the same
 
     def __post_init__(self) -> None:
         for key in ("rank", "geometry"):
             if getattr(self, key) not in ("off", "sampled", "all"):
                 raise EngineError("bad_request", f"{key} must be off, sampled or all, not {getattr(self, key)!r}.")
+        if self.backend not in ("auto", "numba", "torch"):
+            raise EngineError("bad_request", f"backend must be auto, numba or torch, not {self.backend!r}.")
         # Every entry point (CLI, API, worker, library) builds one of these: refuse here too.
-        t = self.tolerance
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-            raise EngineError("bad_request", f"The tolerance must be a finite number >= 0, not {t!r}.")
-        self.tolerance = float(t) + 0.0  # -0.0 is 0.0
+        try:
+            self.tolerance = float(Tolerance(self.tolerance))
+        except ValueError as e:
+            raise EngineError("bad_request", str(e)) from None
 
 
 def bytes_read(*sources: Source) -> int | None:
@@ -74,14 +77,6 @@ def pick_device(choice: str) -> torch.device:
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
-
-
-def ulp_labels() -> list[str]:
-    labels = ["1", "2"]
-    for k in range(2, ULP_BUCKETS):
-        lo, hi = (1 << (k - 1)) + 1, 1 << k
-        labels.append(f"{lo}-{hi}")
-    return labels
 
 
 def rank_layers(pairs: list[Pair]) -> set[tuple[str, int]]:
@@ -289,7 +284,7 @@ def analyze_part(
             raise EngineError("internal", f"{len(unknown)} tensors of this part are not compared tensors of the "
                                           f"pair (e.g. {unknown[0]}); the plan does not match the checkpoints.")
     device = pick_device(options.device)
-    kernel = Kernel(list(EXACT_TOLERANCES), options.tolerance, device)
+    kernel = Kernel(list(EXACT_TOLERANCES), options.tolerance, device, options.backend)
     resume = dict(resume or {})
     parts = masks_dir / "parts" if masks_dir else None
     kernel.keep_masks = parts is not None  # without mask files, pieces carry only the count
@@ -342,7 +337,10 @@ def analyze_part(
             on_progress(progress)
 
     def finished(pair: Pair, stats: dict) -> None:
-        record = _record(pair, stats)
+        record = tensor_record(pair, stats)
+        quantization = quantization_record(base, tuned, pair.base.name, pair.tuned.name, codes.pop(pair.name))
+        if quantization:  # fp8 blocks / MXFP4: the formats, and changed scales and codes
+            record["quantization"] = quantization
         records[pair.name] = record
         progress.tensors_done += 1
         if on_tensor:
@@ -355,7 +353,10 @@ def analyze_part(
 
     svds = _SvdFinisher(kernel, device, finished, showing)
 
+    codes = CodeCounts()  # fp8 blocks / MXFP4: stored codes that changed, from the pieces read
+
     def measure(piece: Piece, b: torch.Tensor, t: torch.Tensor):
+        codes.add(piece.name, b, t)
         pair = by_name[piece.name]
         cols = pair.shape[1] if len(pair.shape) == 2 else None
         return kernel.measure(b, t, pair.compare_dtype, cols, _wants_rank(pair, options.rank, sampled),
@@ -417,27 +418,6 @@ def finish(base: Source, tuned: Source, options: AnalysisOptions, records: Mappi
     return result
 
 
-def _record(pair: Pair, stats: dict) -> dict:
-    return {
-        "name": pair.name,
-        "shape": list(pair.shape),
-        "dtype": str(pair.base.torch_dtype).removeprefix("torch."),
-        "tuned_dtype": str(pair.tuned.torch_dtype).removeprefix("torch."),
-        "compare_dtype": str(pair.compare_dtype).removeprefix("torch."),
-        "stack": (where := locate(pair.name)).stack,
-        "layer": where.layer,
-        "module": where.module,
-        "expert": where.expert,
-        "added": pair.added,
-        "removed": pair.removed,
-        **{k: v for k, v in stats.items() if k != "name"},
-    }
-
-
-def _sparsity(numel: int, changed: Mapping[str, int]) -> dict[str, float]:
-    return {k: (1.0 - c / numel) if numel else 1.0 for k, c in changed.items()}
-
-
 def _unchanged_by_tuned(base: Source, tuned: Source, pairs: list[Pair]) -> set[str]:
     """Tensors the tuned side reads straight from this very base source (an adapter's untouched ones)."""
     if getattr(tuned, "base", None) is not base:
@@ -448,81 +428,3 @@ def _unchanged_by_tuned(base: Source, tuned: Source, pairs: list[Pair]) -> set[s
 
 def _side(piece: Piece, name: str) -> Piece:
     return piece if piece.name == name else Piece(name, piece.start, piece.stop)
-
-
-def _group(records: list[dict], *keys: str) -> list[dict]:
-    """Element-weighted sums over records sharing `keys` (layers: ("stack", "layer"))."""
-    groups: dict = {}
-    members: dict = {}
-    for r in records:
-        k = tuple(r.get(key) for key in keys)
-        members.setdefault(k, []).append(r)
-        g = groups.setdefault(k, {**dict(zip(keys, k)), "numel": 0, "tensors": 0, "changed": {}, "curve_changed": None})
-        g["numel"] += r["numel"]
-        g["tensors"] += 1
-        for t, c in r["changed"].items():
-            g["changed"][t] = g["changed"].get(t, 0) + c
-        curve = r["curve_changed"]
-        g["curve_changed"] = curve[:] if g["curve_changed"] is None else [a + b for a, b in zip(g["curve_changed"], curve)]
-    for k, g in groups.items():
-        g["sparsity"] = _sparsity(g["numel"], g["changed"])
-        g["geometry"] = geo.weighted(members[k])
-    out = list(groups.values())
-    if "layer" in keys:
-        out.sort(key=layer_order)
-    return out
-
-
-def build_result(base: Source, tuned: Source, options: AnalysisOptions, records: list[dict],
-                 unmatched: dict, warnings: list[str]) -> dict:
-    """The schema-1 result from per-tensor records."""
-    numel = sum(r["numel"] for r in records)
-    keys = list(records[0]["changed"]) if records else [tolerance_key(t) for t in EXACT_TOLERANCES]
-    changed = {k: sum(r["changed"][k] for r in records) for k in keys}
-    curve = [sum(col) for col in zip(*(r["curve_changed"] for r in records))] if records else [0] * len(CURVE_TOLERANCES)
-    ulp = [sum(col) for col in zip(*(r["ulp"] for r in records))] if records else [0] * ULP_BUCKETS
-    delta_sq = sum(r["delta_fro"] ** 2 for r in records)
-    base_sq = sum(r["base_fro"] ** 2 for r in records)
-    ranked = [r for r in records if r["rank_ratio"] is not None]
-    nan = sum(r["nan"] for r in records)
-    changed_exact = changed[tolerance_key(0.0)] - nan
-    summary = {
-        "numel": numel,
-        "changed": changed,
-        "sparsity": _sparsity(numel, changed),
-        "curve_changed": curve,
-        "nan": nan,
-        "added": sum(r["added"] for r in records),
-        "removed": sum(r.get("removed", 0) for r in records),
-        "tensors": len(records),
-        "delta_fro": math.sqrt(delta_sq),
-        "base_fro": math.sqrt(base_sq),
-        "ratio": math.sqrt(delta_sq / base_sq) if base_sq else None,
-        "max_abs_delta": max((r["max_abs_delta"] for r in records), default=0.0),
-        "ulp": {"buckets": ulp_labels(), "counts": ulp, "one_step_share": ulp[0] / changed_exact if changed_exact else None},
-        "rank": {
-            "mode": options.rank,
-            "matrices": len(ranked),
-            "mean": sum(r["rank_ratio"] for r in ranked) / len(ranked) if ranked else None,
-            "weighted_mean": (sum(r["rank_ratio"] * r["numel"] for r in ranked) / sum(r["numel"] for r in ranked))
-            if ranked and sum(r["numel"] for r in ranked) else None,
-        },
-        "geometry": {"mode": options.geometry, "matrices": 0, **(geo.weighted(records) or {})},
-        "dtype_mismatch": bool(unmatched.get("dtype_mismatch")),
-    }
-    return {
-        "schema": SCHEMA,
-        "engine_version": ENGINE_VERSION,
-        "base": base.describe(),
-        "tuned": tuned.describe(),
-        "options": {"tolerance": options.tolerance, "rank": options.rank, "geometry": options.geometry},
-        "tolerances": list(EXACT_TOLERANCES),
-        "curve_tolerances": CURVE_TOLERANCES,
-        "summary": summary,
-        "tensors": records,
-        "layers": _group(records, "stack", "layer"),
-        "modules": _group(records, "module"),
-        "unmatched": unmatched,
-        "warnings": warnings,
-        "reference": reference_for(base.spec.id, tuned.spec.id) if base.spec.kind == tuned.spec.kind == "hub" else None,
-    }

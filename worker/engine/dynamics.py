@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from worker.engine.errors import EngineError
-from worker.engine.kernel.accumulator import EXACT_TOLERANCES, tolerance_key
+from worker.engine.kernel.bins import EXACT_TOLERANCES
 from worker.engine.masks import read_metadata
 from worker.engine.overlap import _intersectable, _popcount, _warnings
 from worker.engine.pairing.location import layer_order, locate
+from worker.engine.tolerance import tolerance_key
 
 SCHEMA = 1
 COUNTS = ("subnet", "ever_changed", "ever_outside", "final_both")

@@ -14,6 +14,7 @@ CODES = frozenset(
         "malformed",
         "arch_mismatch",
         "unsupported_adapter",
+        "unsupported_format",
         "path_forbidden",
         "incompatible",
         "disk_full",

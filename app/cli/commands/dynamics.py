@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from app.cli.commands.engine import _emit, _fail, tolerance
+from worker.engine.tolerance import tolerance_key
 
 
 def register(sub) -> None:
@@ -132,7 +133,7 @@ def dynamics_table(result: dict) -> str:
     run = result.get("run") or {}
     base = result.get("base") or {}
     base_name = f"{run['base_name']} of the run" if run.get("base_name") else str(base.get("id"))
-    tols = [repr(float(t)) for t in result["tolerances"]]
+    tols = [tolerance_key(t) for t in result["tolerances"]]
     lines = [
         f"run    {run.get('id', '?')}  ({len(result['checkpoints'])} checkpoints)",
         f"base   {base_name}  ({str(base.get('sha', ''))[:12]})",

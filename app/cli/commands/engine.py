@@ -12,16 +12,17 @@ RANK_MODES = ("off", "sampled", "all")
 
 
 def tolerance(text: str) -> float:
-    """argparse type of --tolerance: a finite number >= 0 (nan, inf and negatives are refused)."""
-    import math
+    """argparse type of --tolerance: the engine's Tolerance (nan, inf and negatives are refused)."""
+    from worker.engine.tolerance import Tolerance
 
     try:
         t = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(t) or t < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: the tolerance must be a finite number >= 0")
-    return t + 0.0
+    try:
+        return float(Tolerance(t))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the tolerance must be a finite number >= 0") from None
 
 
 def register(sub) -> None:

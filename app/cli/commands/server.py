@@ -128,7 +128,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _logging()
     from app.cli.embedded import embedded_url
     from app.core.settings import get_settings
-    from worker.janitor import run_worker
+    from worker.process import run_worker
 
     settings = get_settings()
     if not settings.redis_url:

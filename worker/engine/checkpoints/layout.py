@@ -157,6 +157,13 @@ def select_weights(
             f"{where} has no safetensors weights in {shown_folder}; weights are in subfolders: "
             f"{_listing(below)} - pass subfolder=... (e.g. subfolder={prefix}{below[0].rstrip('/')}).",
         )
+    ggufs = sorted(n for n in here if n.endswith(".gguf"))
+    if ggufs:
+        raise EngineError(
+            "unsupported_format",
+            f"{where} has only GGUF weights ({_listing(ggufs, 3)}): llama.cpp's packed quantized format is not "
+            "supported (nor GPTQ or AWQ). Compare the safetensors checkpoints the GGUF files were made from.",
+        )
     pickles = sorted(n for n in here if n.endswith(PICKLE_SUFFIXES))
     if pickles:
         raise EngineError(

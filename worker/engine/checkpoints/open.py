@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from worker.engine.checkpoints import quantized
 from worker.engine.checkpoints.adapter_config import adapter_spec_for_hub, read_adapter_config
 from worker.engine.checkpoints.local import LocalSource
 from worker.engine.checkpoints.lora import merge_adapter, open_adapter
@@ -18,11 +19,18 @@ from worker.engine.errors import EngineError
 
 
 def _open_plain(spec: SourceSpec, token: str | None) -> Source:
+    """The stored checkpoint, read as the model's weights (quantized.py: fp8 blocks, MXFP4, fused experts)."""
     if spec.kind == "local":
-        return LocalSource(spec)
-    from worker.engine.checkpoints.hub import HubSource
+        source: Source = LocalSource(spec)
+    else:
+        from worker.engine.checkpoints.hub import HubSource
 
-    return HubSource(spec, token=token)
+        source = HubSource(spec, token=token)
+    try:
+        return quantized.view(source)
+    except BaseException:
+        source.close()
+        raise
 
 
 def open_source(spec: SourceSpec, *, token: str | None = None, base: Source | None = None,

@@ -1,4 +1,4 @@
-"""The CPU fast path of `Kernel.measure`: a fused pass per piece, compiled by numba.
+"""The numba backend of `Kernel.measure` (the CPU default): a fused pass per piece.
 
 A chain of torch ops reads each piece ~35 times; this pass reads it once, in chunks
 of `CHUNK` elements that stay in L1, and keeps its small histograms there. It computes
@@ -41,6 +41,8 @@ from numba import types
 from numba.core import cgutils
 from numba.cpython.unsafe.numbers import leading_zeros
 from numba.extending import intrinsic
+
+from worker.engine.kernel.bins import NO_ULP, ULP_BUCKETS, WIDE_BIN_OFFSET, PieceStats, Thresholds
 
 # Raw-bit integer dtype and sign bit for each supported compare dtype.
 _RAW = {
@@ -267,7 +269,7 @@ def _classify(cb, cu, vb, vu, m, shift, nan_bin, chosen, bins, ads, ub, fl):
     """
     mag = (np.int64(1) << shift) - 1
     spare_bin = nan_bin + 1
-    spare_ulp = 33  # ULP buckets 0..32: distances up to 2^32
+    spare_ulp = NO_ULP  # ULP buckets 0..32: distances up to 2^32
     delta_sq = 0.0
     max_bits = np.int64(0)
     nan = 0
@@ -285,7 +287,7 @@ def _classify(cb, cu, vb, vu, m, shift, nan_bin, chosen, bins, ads, ub, fl):
         ok = not (eq or isnan)
         bits = np.float64(ad).view(np.int64)
         # The float32 curve bin (exponent, 3 mantissa bits) read off the float64 bits.
-        k = min(max((bits >> 49) - ((1023 - 127) << 3), 0), nan_bin)
+        k = min(max((bits >> 49) - WIDE_BIN_OFFSET, 0), nan_bin)
         bins[p] = spare_bin if eq else k
         ads[p] = ad
         # ULP distance of sign-magnitude patterns: |a - c| on one side of zero, a + c across it;
@@ -398,7 +400,7 @@ _SPARE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
 def measure_cpu(base: torch.Tensor, tuned: torch.Tensor, dtype: torch.dtype, cols: int | None,
-                lut: np.ndarray, chosen: float, ulp_len: int, want_mask: bool = True):
+                lut: np.ndarray, chosen: float, want_mask: bool = True):
     """Run the fused pass on CPU tensors already in `dtype`; numpy outputs and scalars.
 
     Returns (curve, ulp, mask or None, col_flags, (nan, delta_sq, base_sq, max_abs,
@@ -406,8 +408,6 @@ def measure_cpu(base: torch.Tensor, tuned: torch.Tensor, dtype: torch.dtype, col
     """
     n = base.numel()
     nbins = lut.shape[0]
-    if ulp_len != 33:
-        raise ValueError("the fused kernel counts 33 ULP buckets")
     if dtype == torch.float32:
         b_raw = base.view(torch.int32).numpy().view(np.uint32)
         u_raw = tuned.view(torch.int32).numpy().view(np.uint32)
@@ -420,9 +420,34 @@ def measure_cpu(base: torch.Tensor, tuned: torch.Tensor, dtype: torch.dtype, col
         u_raw = tuned.view(view).numpy().view(raw)
         table, kind = (_DUMMY_TABLE, _BF16) if dtype == torch.bfloat16 else (_table(dtype), _BY_TABLE)
     curve = np.zeros(2 * nbins + 1, np.int64)
-    ulp = np.zeros(ulp_len + 1, np.int64)
+    ulp = np.zeros(ULP_BUCKETS + 1, np.int64)
     mask = np.zeros(n if want_mask else 1, np.uint8)
     col_flags = np.zeros(cols or 1, np.uint8)
     out = _measure(b_raw, u_raw, table, kind, shift, _with_spare(lut), nbins - 1, chosen, cols or 0,
                    curve, ulp, mask, want_mask, col_flags, _COMPRESS)
     return curve[:-1], ulp[:-1], mask.view(np.bool_) if want_mask else None, col_flags.view(np.bool_), out
+
+
+class NumbaBackend:
+    """Per-piece statistics with the fused loop; CPU tensors of the dtypes in SUPPORTED."""
+
+    def __init__(self, thresholds: Thresholds, chosen: float):
+        self._lut = thresholds.values
+        self.chosen = float(chosen)
+
+    def measure(self, base, tuned, compare_dtype, cols, want_rank, keep_masks=True) -> PieceStats:
+        curve, ulp, mask, col_flags, out = measure_cpu(
+            base.contiguous(), tuned.contiguous(), compare_dtype, cols, self._lut, self.chosen, keep_masks)
+        nan, delta_sq, base_sq, max_abs, rows_touched, chosen_changed = out
+        stats = PieceStats(
+            curve=torch.from_numpy(curve), ulp=torch.from_numpy(ulp),
+            mask=torch.from_numpy(mask) if mask is not None else None,
+            numel=base.numel(), nan=nan, delta_sq=delta_sq, base_sq=base_sq, max_abs=max_abs,
+            rows_touched=rows_touched, cols_touched=torch.from_numpy(col_flags) if cols else None,
+            chosen_changed=chosen_changed,
+        )
+        if want_rank and cols:
+            delta = tuned.double() - base.double()
+            same = tuned == base  # equal infinities are unchanged
+            stats.delta_rows = torch.nan_to_num(torch.where(same, 0.0, delta)).float().view(-1, cols)
+        return stats

@@ -39,6 +39,19 @@ class Pairing:
 SUPPORTED_DTYPES = ("BF16", "F16", "F32", "F8_E4M3", "F8_E5M2")
 
 
+def _decoded(info: TensorInfo) -> bool:
+    return bool(getattr(info, "decoded", False))
+
+
+def _format(info: TensorInfo) -> str:
+    """The stored dtype, or the quantized format of a dequantized tensor (e.g. "fp8 e4m3, 128x128 f32 scales")."""
+    return info.label if _decoded(info) else info.dtype
+
+
+def _supported(info: TensorInfo) -> bool:
+    return _decoded(info) or info.dtype in SUPPORTED_DTYPES
+
+
 def _narrower(a: torch.dtype, b: torch.dtype) -> torch.dtype:
     """The dtype two different float dtypes are compared in.
 
@@ -71,7 +84,7 @@ def pair_tensors(base: Source, tuned: Source) -> Pairing:
     common = sorted(names.common, key=where)
     for name in common:
         b, t = base.tensors[names.common[name][0]], tuned.tensors[names.common[name][1]]
-        if b.dtype not in SUPPORTED_DTYPES or t.dtype not in SUPPORTED_DTYPES:
+        if not (_supported(b) and _supported(t)):
             unmatched["unsupported"].append({"name": name, "base_dtype": b.dtype, "tuned_dtype": t.dtype})
             continue
         shape, added, removed = b.shape, 0, 0
@@ -89,7 +102,13 @@ def pair_tensors(base: Source, tuned: Source) -> Pairing:
                 unmatched["shape_mismatch"].append({"name": name, "base_shape": list(b.shape), "tuned_shape": list(t.shape)})
                 continue
         compare = b.torch_dtype
-        if b.torch_dtype != t.torch_dtype:
+        if _decoded(b) or _decoded(t):
+            # Dequantized weights (fp8 blocks, MXFP4) are compared on their values, exactly in float64.
+            compare = torch.float64
+            if _format(b) != _format(t):
+                unmatched["dtype_mismatch"].append({"name": name, "base_dtype": _format(b), "tuned_dtype": _format(t),
+                                                    "compare_dtype": "float64"})
+        elif b.torch_dtype != t.torch_dtype:
             compare = _narrower(b.torch_dtype, t.torch_dtype)
             unmatched["dtype_mismatch"].append({"name": name, "base_dtype": b.dtype, "tuned_dtype": t.dtype,
                                                 "compare_dtype": str(compare).removeprefix("torch.")})
@@ -117,7 +136,14 @@ def _warnings(u: dict) -> list[str]:
         )
     # Only an equal-width pair is compared in float32 (against F32, the other side is narrower).
     same_width = [d for d in u["dtype_mismatch"] if d.get("compare_dtype") == "float32"]
-    mismatched = [d for d in u["dtype_mismatch"] if d.get("compare_dtype") != "float32"]
+    dequantized = [d for d in u["dtype_mismatch"] if d.get("compare_dtype") == "float64"]
+    mismatched = [d for d in u["dtype_mismatch"] if d.get("compare_dtype") not in ("float32", "float64")]
+    if dequantized:
+        d = dequantized[0]
+        w.append(
+            f"{len(dequantized)} tensors are stored in different formats (e.g. {d['base_dtype']} vs {d['tuned_dtype']}): "
+            "both sides were dequantized and compared on their values, exactly in float64."
+        )
     if mismatched:
         d = mismatched[0]
         w.append(

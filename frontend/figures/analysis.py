@@ -1,9 +1,9 @@
-"""Plotly figures from result data (schema 1, overlap schema 1): pure functions.
+"""Figures of the analysis page (result schema 1, docs/CONTRACTS.md): pure functions.
 
 No Dash, no Redis, no HTTP: each function takes plain dicts and returns a
-`plotly.graph_objects.Figure`, so the pages stay thin and the figures can be
-unit-tested against real engine output. Optional fields (rank, ulp, curve)
-may be missing or null; a figure then says what is missing instead of failing.
+`plotly.graph_objects.Figure`, so the pages stay thin, the report draws the same figures, and
+they can be unit-tested against real engine output. Optional fields (rank, ulp, curve,
+geometry) may be missing or null; a figure then says what is missing instead of failing.
 """
 
 from __future__ import annotations
@@ -14,38 +14,8 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from . import numbers as N
-from . import venn as V
-
-# One sequential scale for every heatmap; dark = high value.
-HEATMAP_SCALE = "Viridis"
-ACCENT = "#2563eb"      # our measurements
-REFERENCE = "#d97706"   # the study's reported values
-MUTED = "#94a3b8"
-SET_COLORS = ("#2563eb", "#d97706", "#059669")
-FONT = "Inter, system-ui, -apple-system, Segoe UI, Roboto, Helvetica, Arial, sans-serif"
-
-
-def _layout(fig: go.Figure, *, title: str | None = None, height: int = 360, **kw) -> go.Figure:
-    fig.update_layout(
-        template="plotly_white",
-        font=dict(family=FONT, size=13, color="#1e293b"),
-        title=dict(text=title, x=0.0, xanchor="left", font=dict(size=15)) if title else None,
-        margin=dict(l=60, r=20, t=48 if title else 16, b=50),
-        height=height,
-        hoverlabel=dict(font=dict(family=FONT)),
-        **kw,
-    )
-    return fig
-
-
-def empty(message: str, height: int = 240) -> go.Figure:
-    fig = go.Figure()
-    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
-                       font=dict(size=14, color="#64748b"))
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    return _layout(fig, height=height)
+from .. import numbers as N
+from .theme import ACCENT, HEATMAP_SCALE, MUTED, REFERENCE, empty, layout
 
 
 def _metric_value(sparsity: float, metric: str) -> float:
@@ -103,7 +73,7 @@ def tolerance_curve(result: Mapping, view_t: float, metric: str = "sparsity") ->
     fig.update_xaxes(type="log", title_text="tolerance t  (changed iff |Δ| > t)",
                      exponentformat="power", showgrid=True, range=[lo - 0.05, hi + 0.05])
     fig.update_yaxes(title_text=f"{label} (%)")
-    return _layout(fig, showlegend=False)
+    return layout(fig, showlegend=False)
 
 
 def layer_module_heatmap(tensors: Sequence[Mapping], curve_tolerances: Sequence[float] | None,
@@ -162,7 +132,7 @@ def layer_module_heatmap(tensors: Sequence[Mapping], curve_tolerances: Sequence[
     fig.update_layout(coloraxis=dict(colorscale=HEATMAP_SCALE, colorbar=dict(
         title=dict(text=f"{label} %", side="right"), thickness=12)))
     top = 48 if title else 16
-    fig = _layout(fig, title=title, height=plot_px + top + labels_px + 24 + (24 if len(stacks) > 1 else 0))
+    fig = layout(fig, title=title, height=plot_px + top + labels_px + 24 + (24 if len(stacks) > 1 else 0))
     fig.update_layout(margin=dict(t=top + (24 if len(stacks) > 1 else 0), b=labels_px + 24))
     return fig
 
@@ -224,7 +194,7 @@ def layer_bars(tensors: Sequence[Mapping], curve_tolerances: Sequence[float] | N
     fig.update_yaxes(title_text=f"{label} (%)",
                      range=[max(0, lo - (100 - lo) * 0.5 - 1), 100] if metric == "sparsity" else None)
     fig.update_xaxes(title_text="layer", type="category")
-    return _layout(fig, height=300)
+    return layout(fig, height=300)
 
 
 def ulp_histogram(result: Mapping) -> go.Figure:
@@ -247,7 +217,7 @@ def ulp_histogram(result: Mapping) -> go.Figure:
     fig.update_xaxes(title_text="representable steps between base and tuned value", type="category")
     log_scale = max(counts) > 100 * max(min(c for c in counts if c), 1)
     fig.update_yaxes(title_text="elements", type="log" if log_scale else "linear", dtick=1 if log_scale else None)
-    return _layout(fig, title=title, height=320)
+    return layout(fig, title=title, height=320)
 
 
 def rank_chart(result: Mapping) -> go.Figure:
@@ -282,151 +252,7 @@ def rank_chart(result: Mapping) -> go.Figure:
     fig.update_xaxes(title_text="layer", type="category", categoryorder="array",
                      categoryarray=[*where.values(), "outside"])
     fig.update_yaxes(title_text="rank(Δ) / min(m, n)  (%)", range=[0, 105])
-    return _layout(fig, height=340, legend=dict(orientation="h", y=-0.25))
-
-
-# ---- overlap -------------------------------------------------------------
-
-def venn(overlap: Mapping) -> go.Figure:
-    """Area-proportional Venn of the changed sets, every region labelled with its exact count."""
-    labels = list(overlap.get("labels") or ["A", "B"])
-    regions = overlap.get("venn") or {}
-    three = len(labels) >= 3
-    if three:
-        sizes = (overlap.get("a_changed", 0), overlap.get("b_changed", 0), overlap.get("c_changed", 0))
-        pairs_block = overlap.get("pairs") or {}
-        pairs = tuple(pairs_block.get(k, {}).get("both", 0) for k in ("ab", "ac", "bc"))
-        if not all(pairs_block.get(k) for k in ("ab", "ac", "bc")):
-            pairs = (regions.get("110", 0) + regions.get("111", 0),
-                     regions.get("101", 0) + regions.get("111", 0),
-                     regions.get("011", 0) + regions.get("111", 0))
-        if max(sizes) <= 0:
-            return empty("No changed elements in any of the analyses.")
-        circles = V.layout3(sizes, pairs)
-    else:
-        sizes = (overlap.get("a_changed", 0), overlap.get("b_changed", 0))
-        if max(sizes) <= 0:
-            return empty("No changed elements in either analysis.")
-        circles = V.layout2(sizes[0], sizes[1], overlap.get("both", 0))
-        if not regions:
-            regions = {"10": sizes[0] - overlap.get("both", 0),
-                       "01": sizes[1] - overlap.get("both", 0), "11": overlap.get("both", 0)}
-    fig = go.Figure()
-    letters = "ABC"[: len(circles)]
-    for (x, y, r), color, lab, size, letter in zip(circles, SET_COLORS, labels, sizes, letters):
-        fig.add_shape(type="circle", x0=x - r, x1=x + r, y0=y - r, y1=y + r,
-                      line=dict(color=color, width=2), fillcolor=color, opacity=0.22)
-        # legend entries stand in for labels that would collide with region counts
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"<b>{letter}</b> {lab}: "
-                                 f"{N.fmt_int(size)} changed",
-                                 marker=dict(size=12, color=color, symbol="circle")))
-    points = V.region_label_points(circles)
-    cx = sum(c[0] for c in circles) / len(circles)
-    cy = sum(c[1] for c in circles) / len(circles)
-    rmax = max(c[2] for c in circles)
-    n = max(overlap.get("numel") or 0, 1)
-    missing = []
-    for key, count in sorted(regions.items()):
-        p = points.get(key)
-        text = N.fmt_int(count)
-        names = " & ".join(l for l, bit in zip(letters, key) if bit == "1")
-        if p is None:
-            if count:
-                missing.append(f"{'only ' if key.count('1') == 1 else ''}{names}: {text}")
-            continue
-        x, y, clearance = p
-        tiny = clearance < 0.09 * rmax
-        dx, dy = x - cx, y - cy
-        norm = math.hypot(dx, dy) or 1.0
-        fig.add_annotation(
-            x=x, y=y, text=f"<b>{text}</b>", showarrow=tiny, arrowhead=0, arrowcolor="#64748b",
-            ax=70 * dx / norm if tiny else 0, ay=-70 * dy / norm if tiny else 0,
-            font=dict(size=13, color="#0f172a"), bgcolor="rgba(255,255,255,0.75)" if tiny else None,
-            hovertext=f"{'only ' if key.count('1') == 1 else ''}{names}: "
-                      f"{100 * count / n:.4f} % of compared elements")
-    if missing:
-        fig.add_annotation(x=0, y=0, xref="paper", yref="paper", xanchor="left", yanchor="bottom",
-                           text="Too small to draw: " + "; ".join(missing), showarrow=False,
-                           font=dict(size=11, color="#64748b"))
-    xs = [c[0] - c[2] for c in circles] + [c[0] + c[2] for c in circles]
-    ys = [c[1] - c[2] for c in circles] + [c[1] + c[2] for c in circles]
-    span = max(max(xs) - min(xs), max(ys) - min(ys))
-    fig.update_xaxes(visible=False, range=[min(xs) - 0.15 * span, max(xs) + 0.15 * span])
-    fig.update_yaxes(visible=False, range=[min(ys) - 0.05 * span, max(ys) + 0.3 * span],
-                     scaleanchor="x", scaleratio=1)
-    return _layout(fig, height=560, legend=dict(orientation="h", y=-0.02, yanchor="top", x=0),
-                   showlegend=True)
-
-
-def overlap_bars(overlap: Mapping) -> go.Figure:
-    """o1, o2, Jaccard beside what two random subsets of the same sizes would give."""
-    names = ["o1 = |A∩B|/|A|", "o2 = |A∩B|/|B|", "Jaccard"]
-    ours = [overlap.get("o1"), overlap.get("o2"), overlap.get("jaccard")]
-    ra, rb = overlap.get("random_o1"), overlap.get("random_o2")
-    rand_j = None
-    if ra is not None and rb is not None and (ra + rb - ra * rb) > 0:
-        # independent random sets of densities p=|B|/n, q=|A|/n: E|A∩B|/E|A∪B| = pq/(p+q-pq)
-        rand_j = ra * rb / (ra + rb - ra * rb)
-    rand = [ra, rb, rand_j]
-    fig = go.Figure()
-    fig.add_trace(go.Bar(x=names, y=[None if v is None else 100 * v for v in ours], name="measured",
-                         marker_color=ACCENT, texttemplate="%{y:.1f} %", textposition="outside"))
-    fig.add_trace(go.Bar(x=names, y=[None if v is None else 100 * v for v in rand],
-                         name="random baseline", marker_color=MUTED,
-                         texttemplate="%{y:.1f} %", textposition="outside"))
-    fig.update_yaxes(title_text="%", range=[0, 110])
-    return _layout(fig, height=320, barmode="group", legend=dict(orientation="h", y=1.12))
-
-
-def overlap_layer_heatmap(overlap: Mapping) -> go.Figure:
-    layers = [l for l in overlap.get("layers") or [] if l.get("layer") is not None]
-    if not layers:
-        return empty("No per-layer overlap.")
-    layers.sort(key=lambda l: (l.get("stack") or "", l["layer"]))
-    names = N.layer_names([(l.get("stack"), l["layer"]) for l in layers])
-    rows = [("o1", "o1"), ("o2", "o2"), ("jaccard", "Jaccard"),
-            ("random_o1", "random o1"), ("random_o2", "random o2")]
-    z = [[None if l.get(k) is None else 100 * l[k] for l in layers] for k, _ in rows]
-    text = [[f"A {N.fmt_int(l.get('a_changed'))} · B {N.fmt_int(l.get('b_changed'))} · both "
-             f"{N.fmt_int(l.get('both'))}" for l in layers] for _ in rows]
-    fig = go.Figure(go.Heatmap(
-        z=z, x=names, y=[name for _, name in rows], text=text,
-        colorscale=HEATMAP_SCALE, zmin=0, zmax=100, xgap=1, ygap=1,
-        colorbar=dict(title=dict(text="%", side="right"), thickness=12),
-        hovertemplate="layer %{x} · %{y}: %{z:.2f} %<br>%{text}<extra></extra>",
-    ))
-    fig.update_xaxes(title_text="layer", type="category")
-    fig.update_yaxes(autorange="reversed")
-    return _layout(fig, height=300)
-
-
-# ---- compare ---------------------------------------------------------------
-
-def compare_bars(items: Sequence[tuple[str, Mapping]], t: float) -> go.Figure:
-    """Sparsity at t of several analyses (the study's Table 1 / Figure 1 view),
-    with the study's reported value beside ours where it has one."""
-    items = [(label, r) for label, r in items if r]
-    if not items:
-        return empty("Pick finished analyses to compare.")
-    labels = [label for label, _ in items]
-    ours, ref, approx = [], [], []
-    for _, r in items:
-        s, exact = N.result_sparsity(r, t)
-        ours.append(100 * s)
-        approx.append("" if exact else "≈ ")
-        reported = ((r.get("reference") or {}).get("sparsity") or {}).get(N.tol_key(t))
-        ref.append(reported)
-    fig = go.Figure()
-    fig.add_trace(go.Bar(x=labels, y=ours, name="measured", marker_color=ACCENT,
-                         text=[f"{a}{v:.2f} %" for a, v in zip(approx, ours)],
-                         textposition="outside", cliponaxis=False,
-                         hovertemplate="%{x}<br>%{text}<extra>measured</extra>"))
-    if any(v is not None for v in ref):
-        fig.add_trace(go.Bar(x=labels, y=ref, name="reported in the study", marker_color=REFERENCE,
-                             texttemplate="%{y:.2f} %", textposition="outside", cliponaxis=False))
-    fig.update_yaxes(title_text=f"update sparsity at t = {N.fmt_tol(t)} (%)", range=[0, 108])
-    fig.update_xaxes(tickangle=0 if len(labels) <= 3 else -20, automargin=True)
-    return _layout(fig, height=400, barmode="group", legend=dict(orientation="h", y=1.1))
+    return layout(fig, height=340, legend=dict(orientation="h", y=-0.25))
 
 
 # ---- update geometry ---------------------------------------------------------
@@ -447,7 +273,7 @@ def geometry_missing(result: Mapping) -> str:
             "'sampled' or 'all' (CLI: --geometry sampled) to see it.")
 
 
-def _headline(q: float, qs: Sequence[float]) -> int:
+def headline_index(q: float, qs: Sequence[float]) -> int:
     return min(range(len(qs)), key=lambda i: abs(qs[i] - q))
 
 
@@ -469,7 +295,7 @@ def principal_energy(result: Mapping) -> go.Figure:
                                  line=dict(color=color, width=1.5, dash="dash"), hoverinfo="skip"))
     fig.update_xaxes(title_text="k (% of min(m, n))", tickvals=xs, ticktext=[f"{x:g} %" for x in xs])
     fig.update_yaxes(title_text="‖Δ‖² in the top-k subspace (%)", rangemode="tozero")
-    return _layout(fig, title=f"Principal energy over {g['matrices']} matrices (element-weighted)",
+    return layout(fig, title=f"Principal energy over {g['matrices']} matrices (element-weighted)",
                    height=380, legend=dict(orientation="h", y=-0.22))
 
 
@@ -491,7 +317,7 @@ def geometry_heatmap(tensors: Sequence[Mapping], q: float = 0.05) -> go.Figure:
     rows = [r for r in tensors if r.get("geometry") and r.get("layer") is not None]
     if not rows:
         return empty("No matrix inside a layer has update geometry.")
-    i = _headline(q, rows[0]["geometry"]["q"])
+    i = headline_index(q, rows[0]["geometry"]["q"])
     cells: dict = {}
     for r in rows:
         cells.setdefault((r.get("stack"), r["layer"], r.get("module")), []).append(r)
@@ -537,7 +363,7 @@ def geometry_heatmap(tensors: Sequence[Mapping], q: float = 0.05) -> go.Figure:
     fig.update_layout(coloraxis=dict(colorscale=HEATMAP_SCALE, colorbar=dict(
         title=dict(text="two-sided energy %", side="right"), thickness=12)))
     nrows = sum(len(v) for v in per_stack.values())
-    return _layout(fig, height=max(260, min(1400, 80 + 18 * nrows + 110 * (len(stacks) - 1))))
+    return layout(fig, height=max(260, min(1400, 80 + 18 * nrows + 110 * (len(stacks) - 1))))
 
 
 def geometry_layers(tensors: Sequence[Mapping], q: float = 0.05) -> go.Figure:
@@ -546,7 +372,7 @@ def geometry_layers(tensors: Sequence[Mapping], q: float = 0.05) -> go.Figure:
     rows = [r for r in tensors if r.get("geometry")]
     if not rows:
         return empty("No matrix has update geometry.")
-    i = _headline(q, rows[0]["geometry"]["q"])
+    i = headline_index(q, rows[0]["geometry"]["q"])
     groups: dict = {}
     for r in rows:
         groups.setdefault((r.get("stack"), r.get("layer")), []).append(r)
@@ -573,80 +399,4 @@ def geometry_layers(tensors: Sequence[Mapping], q: float = 0.05) -> go.Figure:
     fig.update_xaxes(type="category", title_text="layer", row=2, col=1)
     fig.update_yaxes(title_text="mean sin θ", rangemode="tozero", row=1, col=1)
     fig.update_yaxes(title_text="drift", rangemode="tozero", row=2, col=1)
-    return _layout(fig, height=460, legend=dict(orientation="h", y=1.12))
-
-
-# ---- tensor drill-down ----------------------------------------------------------
-
-def mask_density(density: Mapping, scale: str = "linear") -> go.Figure:
-    """Where a tensor's changed elements lie: share changed per (row bin, column bin)."""
-    grid = density.get("density") or []
-    if not grid:
-        return empty("No mask for this tensor.")
-    rows, cols = density["row_edges"], density["col_edges"]
-    z = [[None if v is None else (math.log10(v) if v > 0 else None) if scale == "log" else 100 * v for v in r]
-         for r in grid]
-    fig = go.Figure(go.Heatmap(
-        z=z, x=[f"{a}–{b - 1}" for a, b in zip(cols[:-1], cols[1:])],
-        y=[f"{a}–{b - 1}" for a, b in zip(rows[:-1], rows[1:])],
-        colorscale=HEATMAP_SCALE, zmin=None if scale == "log" else 0, zmax=None if scale == "log" else 100,
-        colorbar=dict(title=dict(text="log10 share" if scale == "log" else "changed %", side="right"),
-                      thickness=12),
-        hovertemplate="rows %{y} · columns %{x}<br>" + ("log10 share %{z:.2f}" if scale == "log"
-                                                        else "%{z:.2f} % changed") + "<extra></extra>"))
-    shape = density.get("shape") or ["?", "?"]
-    fig.update_xaxes(title_text=f"columns ({N.fmt_int(shape[-1])}, {len(cols) - 1} bins)", showticklabels=False)
-    fig.update_yaxes(title_text=f"rows ({N.fmt_int(shape[0])}, {len(rows) - 1} bins)", autorange="reversed",
-                     showticklabels=False)
-    return _layout(fig, height=520, title=f"Changed elements at t = {N.fmt_tol(density.get('tolerance') or 0)}")
-
-
-def coverage_histograms(density: Mapping) -> go.Figure:
-    """How many rows (columns) have what share of their elements changed."""
-    if not density.get("row_hist"):
-        return empty("No coverage histogram.")
-    edges = density["hist_edges"]
-    labels = ["0 (untouched)"] + [f"{100 * a:g}–{100 * b:g} %" for a, b in zip(edges[:-1], edges[1:])]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(
-        f"rows: {N.fmt_pct(density['row_coverage'])} touched", f"columns: {N.fmt_pct(density['col_coverage'])} touched"))
-    for col, key, color in ((1, "row_hist", ACCENT), (2, "col_hist", REFERENCE)):
-        fig.add_trace(go.Bar(x=labels, y=density[key], marker_color=color, showlegend=False,
-                             hovertemplate="%{x} changed: %{y:,}<extra></extra>"), row=1, col=col)
-        fig.update_xaxes(type="category", tickangle=-40, title_text="share of the line changed", row=1, col=col)
-    fig.update_yaxes(title_text="rows / columns", type="log", row=1, col=1)
-    fig.update_yaxes(type="log", row=1, col=2)
-    return _layout(fig, height=340)
-
-
-def tensor_ulp(record: Mapping, buckets: Sequence[str]) -> go.Figure:
-    counts = list(record.get("ulp") or [])
-    if not any(counts):
-        return empty("No changed elements in this tensor, so no ULP distances.")
-    last = max(i for i, c in enumerate(counts) if c)
-    xs, ys = list(buckets)[: last + 2], counts[: last + 2]
-    total = sum(ys)
-    fig = go.Figure(go.Bar(x=xs, y=ys, marker_color=ACCENT, customdata=[100 * c / total for c in ys],
-                           hovertemplate="%{x} step(s)<br>%{y:,} elements (%{customdata:.2f} %)<extra></extra>"))
-    fig.update_xaxes(title_text="representable steps between base and tuned value", type="category")
-    fig.update_yaxes(title_text="elements", type="log" if max(ys) > 100 * max(min(c for c in ys if c), 1) else "linear")
-    return _layout(fig, height=300, title=f"ULP distance · {100 * counts[0] / total:.1f} % moved one step")
-
-
-def singular_spectra(record: Mapping, scale: str = "log") -> go.Figure:
-    """Singular values of W and W̃ by index (as stored: all, or the top ones plus a subsample)."""
-    g = record.get("geometry") or {}
-    sp = g.get("spectra")
-    if not sp:
-        return empty("Singular values not computed for this tensor: submit with geometry "
-                     "'sampled' or 'all' (sampled takes the first, middle and last layer of each stack).")
-    xs = [i + 1 for i in sp["index"]] if sp.get("index") else list(range(1, len(sp["base"]) + 1))
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(x=xs, y=sp["base"], mode="lines", name="σ(W) base", line=dict(color=MUTED, width=3)))
-    fig.add_trace(go.Scatter(x=xs, y=sp["tuned"], mode="lines", name="σ(W̃) tuned",
-                             line=dict(color=ACCENT, width=1.5, dash="dot")))
-    fig.update_xaxes(title_text="index i" + ("" if not sp.get("index") else
-                                             f" (top 256 and a subsample of {sp['rank']})"),
-                     type="log" if scale == "log" else "linear")
-    fig.update_yaxes(title_text="σ_i", type="log" if scale == "log" else "linear")
-    return _layout(fig, height=340, title=f"Singular values · drift {g.get('drift', 0):.3g}",
-                   legend=dict(orientation="h", y=1.12))
+    return layout(fig, height=460, legend=dict(orientation="h", y=1.12))

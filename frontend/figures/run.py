@@ -1,6 +1,6 @@
 """Figures of a training run (GET /api/runs/{id}; dynamics schema in docs/CONTRACTS.md): pure functions.
 
-Like frontend/figures.py: plain dicts in, a plotly Figure out, no Dash, Redis or HTTP. Every
+Like the other figure modules: plain dicts in, a plotly Figure out, no Dash, Redis or HTTP. Every
 point carries the id of the analysis it comes from in `customdata`, so the page can open it
 (/a/<id>) on a click.
 """
@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
 
-from . import numbers as N
-from .figures import ACCENT, HEATMAP_SCALE, MUTED, REFERENCE, _layout, empty
+from .. import numbers as N
+from .theme import ACCENT, HEATMAP_SCALE, MUTED, REFERENCE, empty, layout
 
 HEATMAP_METRICS = {
     "sparsity": "sparsity vs base",
@@ -55,7 +55,7 @@ def sparsity_vs_step(result: Mapping, t: float) -> go.Figure:
           hover="<br>click: open the analysis")
     fig.update_xaxes(title_text=title)
     fig.update_yaxes(title_text="sparsity vs base (%)")
-    return _layout(fig, height=320, showlegend=False)
+    return layout(fig, height=320, showlegend=False)
 
 
 def consecutive_vs_step(result: Mapping, t: float) -> go.Figure:
@@ -72,7 +72,7 @@ def consecutive_vs_step(result: Mapping, t: float) -> go.Figure:
           hover="<br>click: open the analysis of this update")
     fig.update_xaxes(title_text=title)
     fig.update_yaxes(title_text="update sparsity (%)")
-    return _layout(fig, height=320, showlegend=False)
+    return layout(fig, height=320, showlegend=False)
 
 
 def ever_vs_final(result: Mapping) -> go.Figure:
@@ -96,7 +96,7 @@ def ever_vs_final(result: Mapping) -> go.Figure:
         _line(fig, x, [_pct(c.get(field)) for c in cps], label, color, ids, names, dash=dash)
     fig.update_xaxes(title_text=title)
     fig.update_yaxes(title_text=f"% at t = {N.fmt_tol(result.get('tolerance', 1e-5))}", rangemode="tozero")
-    return _layout(fig, height=380, legend=dict(orientation="h", y=-0.25))
+    return layout(fig, height=380, legend=dict(orientation="h", y=-0.25))
 
 
 def layer_step_heatmap(result: Mapping, t: float, metric: str = "sparsity") -> go.Figure:
@@ -127,7 +127,7 @@ def layer_step_heatmap(result: Mapping, t: float, metric: str = "sparsity") -> g
         hovertemplate="layer %{y} · %{x}: %{z:.3f} %<br>click: open the analysis<extra></extra>"))
     fig.update_xaxes(title_text=title, type="category")
     fig.update_yaxes(title_text="layer", type="category", autorange="reversed", dtick=max(1, len(rows) // 24))
-    return _layout(fig, height=max(260, 18 * len(rows) + 120))
+    return layout(fig, height=max(260, 18 * len(rows) + 120))
 
 
 def partial_sparsity(view: Mapping) -> go.Figure:
@@ -148,5 +148,5 @@ def partial_sparsity(view: Mapping) -> go.Figure:
         pad = (max(x) - min(x)) * 0.05 or 1
         fig.update_xaxes(range=[min(x) - pad, max(x) + pad])
     fig.update_yaxes(title_text="sparsity vs base (%)")
-    return _layout(fig, title=f"Sparsity vs base so far: {len(done)} of {len(cps)} checkpoints", height=300,
+    return layout(fig, title=f"Sparsity vs base so far: {len(done)} of {len(cps)} checkpoints", height=300,
                    showlegend=False)

@@ -1,0 +1,125 @@
+"""The contract both kernel backends count into: curve bins, ULP buckets, tolerance tables.
+
+The curve. Bits >> 49 of a positive float64, rebased to float32's exponent bias, keep
+its exponent and 3 mantissa bits: bins with edges E = 2^e (1 + m/8), 8 per factor of
+two (the float32 bins: same edges). The curve is reported at t = nextdown_f64(E), where
+|Delta| > t  <=>  |Delta| >= E, so a suffix sum of one histogram gives exact counts at
+~190 tolerances.
+
+The ULP view. Bucket k holds ULP distances in (2^(k-1), 2^k]: 1, 2, 3-4, 5-8, ...,
+(2^31, 2^32], 33 buckets.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from worker.engine.tolerance import Tolerance, tolerance_key
+
+EXACT_TOLERANCES = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3)
+
+# Curve bins of positive float32 values: 8 exponent bits and 3 mantissa bits.
+BIN_SHIFT = 20
+NBINS = 1 << 11
+# float64 bits >> 49 minus this is the float32 curve bin (exponent rebased from bias 1023 to 127).
+WIDE_BIN_OFFSET = (1023 - 127) << 3
+# ULP buckets 1, 2, 3-4, 5-8, ..., (2^31, 2^32]: bucket k holds distances in (2^(k-1), 2^k].
+ULP_BUCKETS = 33
+NO_ULP = ULP_BUCKETS  # the bucket of unchanged and NaN elements, dropped at the end
+
+
+def wide_bin(bits64: int) -> int:
+    """Curve bin of a non-negative float64 given by its bit pattern (clamped to the table)."""
+    return min(max((bits64 >> 49) - WIDE_BIN_OFFSET, 0), NBINS - 1)
+
+
+def bits_f64(x: float) -> int:
+    return int(np.array([x], dtype=np.float64).view(np.int64)[0])
+
+
+def _bin_of(x: float) -> int:
+    return int(np.array([x], dtype=np.float32).view(np.int32)[0]) >> BIN_SHIFT
+
+
+def _edge_value(k: int) -> float:
+    return float(np.array([k << BIN_SHIFT], dtype=np.int32).view(np.float32)[0])
+
+
+def curve_edges(lo: float = 1e-9, hi: float = 1e-2) -> list[int]:
+    """Histogram bins whose lower edges E = 2^e (1 + m/8) span [lo, hi]."""
+    return list(range(_bin_of(lo), _bin_of(hi) + 2))
+
+
+CURVE_BINS = curve_edges()
+# The tolerance at which a curve point is exact: just below the bin's lower edge.
+CURVE_TOLERANCES = [float(np.nextafter(_edge_value(k), 0.0)) for k in CURVE_BINS]
+
+
+def ulp_labels() -> list[str]:
+    labels = ["1", "2"]
+    for k in range(2, ULP_BUCKETS):
+        labels.append(f"{(1 << (k - 1)) + 1}-{1 << k}")
+    return labels
+
+
+class Thresholds:
+    """The exact tolerances placed in the curve bins, as each backend reads them.
+
+    Each exact tolerance lies in its own curve bin (they are a decade apart, bins an eighth
+    of an octave); a per-bin "refine bit" says whether |Delta| exceeds the tolerance of its
+    bin, so count(|Delta| > t) is a suffix sum plus one cell. The top bin (every |Delta| >=
+    2^128, inf and NaN) gets +inf as its "tolerance", which splits NaN from the rest the same way.
+    """
+
+    def __init__(self, exact: list[float]):
+        # Bit-pattern comparisons hold for finite t >= 0 only: Tolerance refuses the rest.
+        self.exact = sorted({float(Tolerance(t)) for t in exact})
+        self.bin = {t: wide_bin(bits_f64(t + 0.0)) for t in self.exact}  # -0.0 + 0.0 is +0.0
+        if len(set(self.bin.values())) != len(self.exact):
+            raise ValueError("exact tolerances must lie in distinct curve bins")
+        # Bit patterns per bin (torch backend); no tolerance: the largest pattern, never exceeded.
+        self.bits = np.full(NBINS, 0x7FFFFFFFFFFFFFFF, dtype=np.int64)
+        # The same as float64 values (numba backend); +inf: no tolerance in that bin.
+        self.values = np.full(NBINS, np.inf)
+        for t in self.exact:
+            self.bits[self.bin[t]] = bits_f64(t + 0.0)
+            self.values[self.bin[t]] = t
+        self.bits[NBINS - 1] = bits_f64(math.inf)
+
+    def counts(self, curve_pairs: list[int] | np.ndarray) -> dict[str, int]:
+        """count(|Delta| > t) per exact tolerance from (bin, refine bit) counts, keyed by tolerance_key."""
+        grid = np.asarray(curve_pairs, dtype=np.int64).reshape(NBINS, 2)
+        suffix = np.concatenate([np.cumsum(grid.sum(axis=1)[::-1])[::-1], [0]])
+        return {tolerance_key(t): int(suffix[self.bin[t] + 1] + grid[self.bin[t], 1]) for t in self.exact}
+
+
+def curve_counts(curve_pairs) -> list[int]:
+    """changed at every curve tolerance, from (bin, refine bit) counts."""
+    per_bin = np.asarray(curve_pairs, dtype=np.int64).reshape(NBINS, 2).sum(axis=1)
+    suffix = np.cumsum(per_bin[::-1])[::-1]
+    return [int(suffix[k]) for k in CURVE_BINS]
+
+
+@dataclass
+class PieceStats:
+    """What one piece contributes (either backend computes exactly this); folded in order."""
+
+    curve: torch.Tensor  # (curve bin, refine bit) counts
+    ulp: torch.Tensor  # ULP bucket counts
+    mask: torch.Tensor | None  # changed at the chosen tolerance (bool, CPU); None when the kernel keeps no masks
+    numel: int
+    nan: int
+    delta_sq: float
+    base_sq: float
+    max_abs: float
+    rows_touched: int = 0
+    cols_touched: torch.Tensor | None = None
+    delta_rows: torch.Tensor | None = None  # for rank
+    # (base rows, tuned rows) as float32 on the CPU, for geometry: exact for every compared dtype
+    geometry_rows: tuple[torch.Tensor, torch.Tensor] | None = None
+    chosen_changed: int | None = None  # count of `mask` (given when the mask is not kept)
+
