@@ -24,10 +24,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+from support.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 OLAH_VENV = ROOT / ".venv-olah"
@@ -130,17 +130,14 @@ class OlahServer:
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen([str(cli), "-c", str(config)], cwd=self.workdir, stdout=log,
                                          stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"olah exited ({self.proc.returncode}): {self.log.read_text()[-2000:]}")
-            try:
-                httpx.get(self.url + "/api/whoami-v2", timeout=1)
-                return self
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"olah did not answer within 60 s: {self.log.read_text()[-2000:]}")
+        try:
+            wait_for(lambda: httpx.get(self.url + "/api/whoami-v2", timeout=1), 60, "olah to answer",
+                     interval=0.2, ignore=(httpx.HTTPError,), proc=self.proc,
+                     details=lambda: self.log.read_text(errors="replace")[-2000:], error=RuntimeError)
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -21,7 +21,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,8 @@ import torch
 from olahserver import GitRepo, OlahServer, commit_dir, tools_missing
 from run_checkpoints import write_run
 from safetensors.torch import save_file
+from support.polling import wait_for_status
+from support.service import start_service
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow, pytest.mark.skipif(tools_missing() is not None, reason=str(tools_missing()))]
 
@@ -155,26 +156,19 @@ def test_cli_dynamics_of_step_branches_through_olah_equal_local(olah, local_dyna
 
 
 def test_service_analyses_and_runs_through_olah_equal_local(olah, local_dynamics, tmp_path):
-    from api import wait_for
-    from services import start_service
-
     server, where = olah
     local = local_result(where["base"], where["sharded"])
     svc = start_service(tmp_path / "svc", HF_ENDPOINT=server.url, HF_HUB_OFFLINE="0")
     try:
         r = svc.client.post("/api/analyses", json={"base": "org/base", "tuned": "org/sharded"})
         assert r.status_code == 202, r.text
-        body = wait_for(svc.client, r.json()["id"], timeout=300)
+        body = wait_for_status(svc.client, f"/api/analyses/{r.json()['id']}", timeout=300)
         assert body["status"] == "done", body.get("error")
         same(numbers(body["result"]), numbers(local), "service result")
 
         r = svc.client.post("/api/runs", json={"base": "org/run", "run": "org/run", "revisions": "step-*"})
         assert r.status_code == 202, r.text
-        run = svc.client.get(f"/api/runs/{r.json()['id']}").json()
-        deadline = time.monotonic() + 300
-        while run["status"] not in ("done", "failed") and time.monotonic() < deadline:
-            time.sleep(0.2)
-            run = svc.client.get(f"/api/runs/{r.json()['id']}").json()
+        run = wait_for_status(svc.client, f"/api/runs/{r.json()['id']}", timeout=300, interval=0.2)
         assert run["status"] == "done", run.get("error")
         got, want = run["result"]["checkpoints"], local_dynamics["checkpoints"]
         for key in ("changed", "ever_outside", "final_both", "o1", "o2"):
