@@ -34,7 +34,8 @@ connections (one client's parallel range requests, or N workers) get N times the
 
 Two switches (may be changed live) make it answer as some self-hosted mirrors do (olah,
 tests/olahserver.py): `ranges=False` ignores Range headers and sends every file whole with
-200; `sizes=False` gives no file size anywhere (no `size` in the file list, no X-Linked-Size,
+200 (`ranges="open"` answers `bytes=a-b` with 206 and the rest of the file from a, as RFC 9110
+allows; `ranges="shifted"`, a broken server, with 206 from a + 1); `sizes=False` gives no file size anywhere (no `size` in the file list, no X-Linked-Size,
 no Content-Length: bodies end when the connection closes).
 
 `hang()` makes both listeners accept connections and read requests but never answer (a
@@ -140,7 +141,7 @@ class HubServer:
         url_lifetime: float = 3600.0,
         cdn_delay: float = 0.0,
         bandwidth: float | None = None,
-        ranges: bool = True,
+        ranges: bool | str = True,
         sizes: bool = True,
     ):
         self.root = Path(root)
@@ -151,7 +152,7 @@ class HubServer:
         self.url_lifetime = url_lifetime  # seconds a presigned CDN url stays valid (may be changed live)
         self.cdn_delay = cdn_delay  # seconds each CDN answer waits (a slow link: a run outlives a url)
         self.bandwidth = bandwidth  # bytes/s per connection for response bodies (may be changed live)
-        self.ranges = ranges  # False: Range headers are ignored, files sent whole with 200
+        self.ranges = ranges  # False: Range ignored (200, whole file); "open" / "shifted": other 206 ranges
         self.sizes = sizes  # False: no file size in listings or headers (bodies delimited by closing)
         self._key = os.urandom(16)  # signs CDN urls
         self._throttle: list[tuple[re.Pattern, int]] = []  # (path pattern, Retry-After) for the next /resolve calls
@@ -599,6 +600,10 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubError(400, None, f"Bad Range header {header!r}")
         if start >= size or end < start:
             raise HubError(416, None, "Range Not Satisfiable", size=size)
+        if self.hub.ranges == "open":
+            end = size - 1
+        elif self.hub.ranges == "shifted":
+            start = min(start + 1, end)
         self._send(206, data[start:end + 1], {
             **headers, "Content-Type": "application/octet-stream", "Content-Range": f"bytes {start}-{end}/{size}",
         })

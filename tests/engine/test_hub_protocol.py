@@ -300,3 +300,24 @@ def test_a_server_that_answers_errors_every_time_is_named_not_the_network(repos)
             HubSource(hub_spec("org/base"))
     assert err.value.code == "transient"
     assert "answered HTTP 500" in err.value.message and "network" not in err.value.message
+
+
+def test_a_206_of_a_wider_range_is_cut_to_the_range_asked(repos):
+    expected = local_result(repos)
+    hub = HubServer(repos, ranges="open")  # bytes=a-b answered with bytes a-(size-1)
+    with hub, hub.endpoint():
+        base, tuned = HubSource(hub_spec("org/base")), HubSource(hub_spec("org/tuned"))
+        with base, tuned:
+            assert normalised(analyze(base, tuned, AnalysisOptions(device="cpu"))) == expected
+    wider = [r for r in hub.requests if r.status == 206 and r.range is not None]
+    # the header reads (bytes=0-7) were answered with whole files, and still read as 8 bytes
+    assert [r for r in wider if r.range == "bytes=0-7" and not r.headers["Content-Range"].startswith("bytes 0-7/")]
+
+
+def test_a_206_of_another_range_is_never_read_as_the_range_asked(repos):
+    hub = HubServer(repos, ranges="shifted")  # bytes=a-b answered with bytes (a+1)-b
+    with hub, hub.endpoint():
+        with pytest.raises(EngineError) as err:
+            HubSource(hub_spec("org/base"))
+    assert err.value.code == "transient"
+    assert "the server sent 'bytes 1-7/" in err.value.message and "network" not in err.value.message

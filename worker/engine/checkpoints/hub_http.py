@@ -19,8 +19,9 @@ difference is met here rather than taken for a network failure:
   its start, only [begin, end) kept and the stream closed there, so memory stays at the
   range asked for; a warning says so once per server (a read then costs its end offset in
   transfer, so the source merges its reads into fewer, larger ones: `ranges_ignored`).
-- A 206 whose Content-Range is not the range asked for: refused (retried, then `transient`
-  naming it), never read as if it were.
+- A 206 whose Content-Range covers more than the range asked for: the range is cut out of it
+  (and the stream closed after it); one that does not cover it is refused (retried, then
+  `transient` naming it), never read as if it were the range asked.
 - No file sizes in the file list (`blobs=true` ignored) and none on a whole-file answer
   (chunked): the size comes from a HEAD (X-Linked-Size or Content-Length); a server that
   gives it nowhere is refused (`bad_request`), naming what it lacks.
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -251,12 +253,16 @@ class HubHttp:
                     data, received = _read_span(response, begin, end)
                     length = response.headers.get("Content-Length", "")
                     total = int(length) if length.isdigit() else None
+                elif begin is not None and response.status_code != 206:
+                    raise httpx2.RemoteProtocolError(
+                        f"HTTP {response.status_code} to a range request for {file} (206 or 200 expected)")
+                elif begin is not None and (first := _covering(response.headers.get("Content-Range"), begin, end,
+                                                               file)) is not None:
+                    # A 206 of a wider range (RFC 9110 lets a server send other ranges than asked; the
+                    # client must read Content-Range): keep what was asked for and hang up after it.
+                    data, received = _read_span(response, begin - first, end - first)
+                    total = _total_size(response.headers.get("Content-Range"))
                 else:
-                    if begin is not None:
-                        if response.status_code != 206:
-                            raise httpx2.RemoteProtocolError(
-                                f"HTTP {response.status_code} to a range request for {file} (206 or 200 expected)")
-                        _check_range(response.headers.get("Content-Range"), begin, end, file)
                     expected = (end - begin) if begin is not None else None
                     data = _read_body(response, expected, limit=SMALL_FILE_LIMIT if begin is None else None)
                     received = len(data)
@@ -425,12 +431,21 @@ def _total_size(content_range: str | None) -> int | None:
     return int(total) if total.isdigit() else None
 
 
-def _check_range(content_range: str | None, begin: int, end: int, file: str) -> None:
-    """A 206 must carry exactly the bytes asked for: another range would be read as this one."""
-    want = f"bytes {begin}-{end - 1}/"
-    if content_range is not None and not content_range.strip().startswith(want):
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(?:\d+|\*)$")
+
+
+def _covering(content_range: str | None, begin: int, end: int, file: str) -> int | None:
+    """The first byte of a 206 that carries more than [begin, end), None when it carries exactly that
+    (or says nothing: its length is still checked). A range that does not cover [begin, end) is
+    refused, else another range would be read as this one."""
+    if content_range is None:
+        return None
+    match = _CONTENT_RANGE.match(content_range.strip())
+    if not match or int(match.group(1)) > begin or int(match.group(2)) < end - 1:
         raise httpx2.RemoteProtocolError(
             f"asked for bytes {begin}-{end - 1} of {file}, the server sent {content_range.strip()!r}")
+    first, last = int(match.group(1)), int(match.group(2))
+    return None if (first, last) == (begin, end - 1) else first
 
 
 def _read_span(response: httpx2.Response, begin: int, end: int) -> tuple[bytearray, int]:
