@@ -15,6 +15,6 @@ def shard_files(ckpt_dir: Path) -> list[Path]:
 
 
 def layer_of(name: str) -> int | None:
-    """Layer index as metrics.md parses it; None outside the layers."""
+    """Layer index as docs/METRICS.md parses it; None outside the layers."""
     m = _LAYER.search(name)
     return int(m.group(1)) if m else None

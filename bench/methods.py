@@ -102,7 +102,7 @@ def study(base: Path, tuned: Path) -> dict:
 
 
 def exact(base: Path, tuned: Path) -> dict:
-    """Reference counts in metrics.md's definition, |tuned - base| > t, in float64.
+    """Reference counts in docs/METRICS.md's definition, |tuned - base| > t, in float64.
 
     float64 is exact for 16-bit inputs (a float32 comparison would round t itself),
     and each tensor is read on its own, so this check needs little memory. It tells a

@@ -20,13 +20,13 @@ from fastapi import Request
 from starlette.responses import HTMLResponse, JSONResponse
 
 from .apiclient import Api, ApiError
-from .pages import analysis, compare, home, overlap, run, shell, tensor
+from .pages import analysis, compare, home, lineage, overlap, patch_card, run, shell, tensor
 
 ASSETS = Path(__file__).parent / "assets"
 log = logging.getLogger(__name__)
 
 # path -> page module; "/a/<id>" is matched by prefix below
-_PAGES = {"/": home, "/compare": compare, "/overlap": overlap}
+_PAGES = {"/": home, "/compare": compare, "/overlap": overlap, "/lineage": lineage}
 
 
 def _route(pathname: str | None, search: str | None):
@@ -41,6 +41,8 @@ def _route(pathname: str | None, search: str | None):
         return overlap.layout(query, overlap_id=path[3:])
     if path.startswith("/r/") and len(path) > 3:
         return run.layout(path[3:], query)
+    if path.startswith("/l/") and len(path) > 3:
+        return lineage.layout(query, job_id=path[3:])
     page = _PAGES.get(path)
     if page is None:
         return shell.not_found(path)
@@ -88,7 +90,7 @@ def mount(fastapi_app: Any, settings: Any) -> dash.Dash:
             return f"The API is unreachable: {err}", "banner banner-error"
         return "", "banner hidden"
 
-    for page in (home, analysis, compare, overlap, tensor, run):
+    for page in (home, analysis, patch_card, compare, overlap, tensor, run, lineage):
         page.register(app, api)
 
     # Deep links (/a/<id>, /compare, /overlap) must serve the Dash index even
@@ -102,7 +104,7 @@ def mount(fastapi_app: Any, settings: Any) -> dash.Dash:
             reset_current_request(token)
 
     for rule in ("/a/{analysis_id}", "/a/{analysis_id}/t/{name:path}", "/o/{overlap_id}", "/r/{run_id}", "/compare",
-                 "/overlap"):
+                 "/overlap", "/lineage", "/l/{job_id}"):
         fastapi_app.add_api_route(rule, index, methods=["GET"], include_in_schema=False)
 
     # Dash's catch-all would answer any unknown GET with the page (200 HTML); an API

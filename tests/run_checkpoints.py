@@ -1,5 +1,5 @@
 """A small training run on disk: a base and `checkpoint-<step>/` folders in the HF Trainer layout,
-plus the float64 reference of its dynamics (metrics.md, "Training dynamics"), computed with
+plus the float64 reference of its dynamics (docs/METRICS.md, "Training dynamics"), computed with
 torch directly from the checkpoints, never from the engine's masks or results."""
 
 from __future__ import annotations

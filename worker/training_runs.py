@@ -1,4 +1,4 @@
-"""The reduce of a training run (metrics.md, "Training dynamics"): its finished analyses' results
+"""The reduce of a training run (docs/METRICS.md, "Training dynamics"): its finished analyses' results
 from Redis and masks from the artifacts, handed to the engine's reduce_run."""
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ import sys
 
 from app.cli.commands import dynamics as dynamics_commands
 from app.cli.commands import engine as engine_commands
+from app.cli.commands import patch as patch_commands
+from app.cli.commands import report as report_commands
 from app.cli.commands import server as server_commands
 
 
@@ -23,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     engine_commands.register(sub)
+    patch_commands.register(sub)
     dynamics_commands.register(sub)
+    report_commands.register(sub)
     server_commands.register(sub)
     return parser
 

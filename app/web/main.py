@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from app.core.refusals import REDIS_DOWN, Refused
 from app.core.settings import Settings, get_settings
 from app.core.store import Store, connect
-from app.web.api import analyses, demo, health, overlaps, runs
+from app.web.api import analyses, demo, health, lineage, overlaps, patches, runs
 from app.web.guard import ServerTiming, SubmissionGuard
 from app.web.reads import Reads
 from app.web.resolving import Resolver
@@ -65,6 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(analyses.router)
     app.include_router(overlaps.router)
+    app.include_router(patches.router)
+    app.include_router(lineage.router)
     app.include_router(runs.router)
     app.include_router(demo.router)
     _mount_frontend(app, settings)

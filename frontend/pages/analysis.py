@@ -13,9 +13,13 @@ from dash import Input, Output, State, dash_table, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
 from .. import numbers as N
+from .. import report as R
+from .. import summary as S
 from ..apiclient import ApiError, message
 from ..figures import analysis as F
 from ..figures import theme as T
+from ..notes import comparison_notes
+from . import patch_card
 from .picker import label
 from .shell import badge, card, notice, stat
 from .tensor import href as tensor_href
@@ -35,10 +39,8 @@ def view_state(query: dict) -> tuple[float, str, str]:
 
 
 def slider_to_t(v: float | None) -> float:
-    if v is None:
-        return N.DEFAULT_TOLERANCE
-    if v <= SLIDER_ZERO + 1e-9:
-        return 0.0
+    if v is None or v <= SLIDER_ZERO + 1e-9:
+        return N.DEFAULT_TOLERANCE if v is None else 0.0
     return N.snap(10.0 ** v, rel=1e-3)
 
 
@@ -105,12 +107,16 @@ def layout(analysis_id: str, query: dict):
             ]),
             html.Div(id="an-cards", className="stats"),
             html.Div(id="an-warnings"),
+            html.P(id="an-summary", className="plain-summary"),
             dcc.Tabs(id="an-tabs", value=tab, className="tabs", children=[
                 dcc.Tab(label=label, value=value, className="tab", selected_className="tab-selected")
                 for value, label in TABS]),
             card(html.Div(id="an-tab-content"), className="tab-card"),
             card(className="downloads", children=[
                 html.Span("Download", className="control-label"),
+                html.Button("Download report", id="dl-report", n_clicks=0, className="btn btn-ghost",
+                            title="One HTML file with every figure; opens offline, no server needed"),
+                dcc.Download(id="dl-report-file"),
                 html.A("result JSON", id="dl-json", href=f"/api/analyses/{analysis_id}",
                        download=f"subnetscope-{analysis_id}.json", className="btn btn-ghost"),
                 html.A("per-tensor CSV", id="dl-csv", href=f"/api/analyses/{analysis_id}/tensors?format=csv",
@@ -118,6 +124,7 @@ def layout(analysis_id: str, query: dict):
                 html.A("masks (safetensors)", id="dl-masks", href=f"/api/analyses/{analysis_id}/masks",
                        download=f"subnetscope-{analysis_id}-masks.safetensors", className="btn btn-ghost"),
             ]),
+            patch_card.layout(analysis_id),
         ]),
     ])
 
@@ -244,37 +251,7 @@ def _ratio(summary: dict) -> str:
 
 
 def warnings_block(result: dict):
-    """The engine's warnings, plus a sentence for each unmatched group they don't already name."""
-    engine = [str(w) for w in result.get("warnings") or []]
-    said = " ".join(engine)
-    um = result.get("unmatched") or {}
-    ours = []
-
-    def new_names(xs, key=None):
-        names = [str(x.get(key) if key else x) for x in xs or []]
-        return [n for n in names if n not in said]
-
-    def listing(names):
-        return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-
-    if names := new_names(um.get("only_base")):
-        ours.append(f"{len(names)} tensor(s) only in the base, not compared: {listing(names)}.")
-    if names := new_names(um.get("only_tuned")):
-        ours.append(f"{len(names)} tensor(s) only in the finetuned model, not compared: {listing(names)}.")
-    if names := new_names(um.get("shape_mismatch"), "name"):
-        ours.append(f"{len(names)} tensor(s) differ in shape and were not compared: {listing(names)}.")
-    for r in um.get("resized") or []:
-        if r["name"] not in said:
-            extra = (f"{N.fmt_int(r.get('removed'))} removed" if r.get("removed") and not r.get("added")
-                     else f"{N.fmt_int(r.get('added'))} added")
-            ours.append(f"{r['name']} was resized {r.get('base_shape')} → {r.get('tuned_shape')}: common rows "
-                        f"compared, {extra} elements reported separately.")
-    if names := new_names(um.get("dtype_mismatch"), "name"):
-        ours.append(f"{len(names)} tensor(s) changed dtype; both sides were cast to the narrower one "
-                    f"(float32 for equal widths, e.g. bf16 vs fp16) before comparing: {listing(names)}.")
-    if names := new_names(um.get("tied")):
-        ours.append(f"{len(names)} tied tensor(s) counted once: {listing(names)}.")
-    items = list(dict.fromkeys(engine + ours))
+    items = comparison_notes(result)
     if not items:
         return None
     return notice([html.B("Notes on this comparison"),
@@ -446,7 +423,7 @@ def register(app, api):
     @app.callback(
         Output("an-cards", "children"), Output("an-warnings", "children"),
         Output("an-tab-content", "children"), Output("an-tol-label", "children"),
-        Output("url", "search", allow_duplicate=True),
+        Output("url", "search", allow_duplicate=True), Output("an-summary", "children"),
         Input("an-state", "data"), Input("an-tol", "value"), Input("an-metric", "value"),
         Input("an-tabs", "value"), State("an-id", "data"), State("url", "search"), State("an-t0", "data"),
         prevent_initial_call=True,
@@ -458,13 +435,22 @@ def register(app, api):
         try:
             a = await api.analysis(analysis_id)
         except ApiError as err:
-            return notice(message(err), "error"), None, None, N.fmt_tol(t), no_update
+            return notice(message(err), "error"), None, None, N.fmt_tol(t), no_update, no_update
         result = a.get("result") or {}
         # figure building is CPU work; keep the event loop free for API requests
         content = await asyncio.to_thread(tab_content, result, tab, t, metric)
         new_search = f"?t={N.fmt_tol(t)}&metric={metric}&tab={tab}"
         return (cards(result, t), warnings_block(result), content, N.fmt_tol(t),
-                no_update if search == new_search else new_search)
+                no_update if search == new_search else new_search, S.plain_summary(result))
+
+    @app.callback(Output("dl-report-file", "data"), Input("dl-report", "n_clicks"), State("an-id", "data"),
+                  prevent_initial_call=True)
+    async def download_report(n, analysis_id):
+        if not n:
+            raise PreventUpdate
+        a = await api.analysis(analysis_id)
+        page = await asyncio.to_thread(R.analysis_report, a.get("result") or {})
+        return {"content": page, "filename": f"subnetscope-{analysis_id}.html", "type": "text/html"}
 
     def _go(analysis_id, click):
         name = ((click or {}).get("points") or [{}])[0].get("customdata")

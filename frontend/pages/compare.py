@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from dash import Input, Output, State, dcc, html, no_update
+from dash.exceptions import PreventUpdate
 
 from .. import numbers as N
+from .. import report as R
 from ..apiclient import message
 from ..figures import analysis as FA
 from ..figures import compare as F
@@ -40,7 +44,12 @@ def layout(query: dict):
         ),
         card(dcc.Graph(id="cmp-fig", figure=T.empty("Pick finished analyses to compare."),
                        config={"displaylogo": False}),
-             html.Div(id="cmp-table")),
+             html.Div(id="cmp-table"),
+             html.Div(className="downloads", children=[
+                 html.Button("Download report", id="cmp-report", n_clicks=0, className="btn btn-ghost",
+                             title="One HTML file with every figure; opens offline, no server needed"),
+                 dcc.Download(id="cmp-report-file"),
+             ])),
     ])
 
 
@@ -117,3 +126,13 @@ def register(app, api):
         table = numbers_table(ids, analyses, t) if ids else None
         return (F.compare_bars(items, t), table, opts,
                 no_update if search == new_search else new_search)
+
+    @app.callback(Output("cmp-report-file", "data"), Input("cmp-report", "n_clicks"), State("cmp-ids", "value"),
+                  State("cmp-tol", "value"), prevent_initial_call=True)
+    async def download_report(n, ids, t):
+        analyses = await fetch_many(api, list(ids or []))
+        items = [(label(a), a["result"]) for a in analyses if not isinstance(a, Exception) and a.get("result")]
+        if not n or not items:
+            raise PreventUpdate
+        page = await asyncio.to_thread(R.compare_report, items, float(t))
+        return {"content": page, "filename": "subnetscope-compare.html", "type": "text/html"}

@@ -11,7 +11,7 @@ from ..apiclient import ApiError, message
 from .picker import label
 from .shell import badge, card, notice
 
-# The study's pairs (../shared/design/metrics.md, reference table).
+# The study's pairs (docs/METRICS.md, reference table).
 STUDY_PAIRS = (
     ("allenai/Llama-3.1-Tulu-3-8B-SFT", "allenai/Llama-3.1-Tulu-3-8B-DPO", "Tulu 3 8B · DPO"),
     ("allenai/Llama-3.1-Tulu-3-70B-SFT", "allenai/Llama-3.1-Tulu-3-70B-DPO", "Tulu 3 70B · DPO"),

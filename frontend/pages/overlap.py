@@ -6,6 +6,8 @@ from dash import ALL, Input, Output, State, ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
 from .. import numbers as N
+from .. import report as R
+from .. import summary as S
 from ..apiclient import message
 from ..figures import overlap as F
 from .picker import fetch_many, options, parse_ids, short_label
@@ -111,6 +113,13 @@ def render(ov: dict):
     head = f"At t = {N.fmt_tol(tol)}" if tol is not None else ""
     layers_src = ov if ov.get("layers") else ((ov.get("pairs") or {}).get("ab") or {})
     return [
+        dcc.Store(id="ov-data", data=ov),
+        card(html.P(S.overlap_summary(ov), id="ov-summary", className="plain-summary"),
+             html.Div(className="downloads", children=[
+                 html.Button("Download report", id="ov-report", n_clicks=0, className="btn btn-ghost",
+                             title="One HTML file with every figure; opens offline, no server needed"),
+                 dcc.Download(id="ov-report-file"),
+             ])),
         html.Div(className="two-col", children=[
             card(html.H3(f"Changed sets (areas to scale). {head}"),
                  dcc.Graph(id="fig-venn", figure=F.venn(ov), config=GRAPH_CONFIG), className="col-wide"),
@@ -253,3 +262,10 @@ def register(app, api):
         ov = {**ov, "labels": [named.get(l, l) for l in labels]}
         # a stored overlap opened at /o/<id> shows which analyses it is made of
         return render(ov), True, "", no_update if selected else ids
+
+    @app.callback(Output("ov-report-file", "data"), Input("ov-report", "n_clicks"), State("ov-data", "data"),
+                  prevent_initial_call=True)
+    def download_report(n, ov):
+        if not n or not ov:
+            raise PreventUpdate
+        return {"content": R.overlap_report(ov), "filename": "subnetscope-overlap.html", "type": "text/html"}

@@ -13,6 +13,7 @@ from dash import Input, Output, State, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
 from .. import numbers as N
+from .. import report as R
 from ..apiclient import ApiError, message
 from ..figures import run as RF
 from .shell import badge, card, notice, stat
@@ -93,6 +94,9 @@ def layout(run_id: str, query: dict):
             card(html.H3("Checkpoints"), html.Div(id="rn-table", className="table-scroll")),
             card(className="downloads", children=[
                 html.Span("Download", className="control-label"),
+                html.Button("Download report", id="rn-report", n_clicks=0, className="btn btn-ghost",
+                            title="One HTML file with every figure; opens offline, no server needed"),
+                dcc.Download(id="rn-report-file"),
                 html.A("run JSON", id="rn-dl-json", href=f"/api/runs/{run_id}", download=f"subnetscope-run-{run_id}.json",
                        className="btn btn-ghost")]),
         ]),
@@ -320,3 +324,13 @@ def register(app, api):
         except Exception as err:  # noqa: BLE001 - shown to the user
             return message(err), no_update
         return "Resubmitted; finished analyses are reused.", False
+
+    @app.callback(Output("rn-report-file", "data"), Input("rn-report", "n_clicks"), State("rn-id", "data"),
+                  State("rn-tol", "value"), State("rn-hm", "value"), prevent_initial_call=True)
+    async def download_report(n, run_id, tol, metric):
+        if not n:
+            raise PreventUpdate
+        view = await _fetch(api, run_id)
+        page = await asyncio.to_thread(R.run_report, view.get("result") or {}, N.parse_tolerance(tol), metric,
+                                       title=_title(view))
+        return {"content": page, "filename": f"subnetscope-run-{run_id}.html", "type": "text/html"}

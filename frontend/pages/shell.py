@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dash import dcc, html
 
-NAV = (("Analyze", "/"), ("Compare", "/compare"), ("Overlap", "/overlap"))
+NAV = (("Analyze", "/"), ("Compare", "/compare"), ("Overlap", "/overlap"), ("Lineage", "/lineage"))
 
 STATUS_LABEL = {"queued": "queued", "running": "running", "stalled": "stalled",
                 "failed": "failed", "done": "done"}

@@ -37,7 +37,7 @@ def _write_run(root, steps=(100, 200, 300, 400)):
         save(root / "run" / f"checkpoint-{step}", state)
 
 
-def test_run_page_running_then_finished(page, svc, shot):
+def test_run_page_running_then_finished(page, svc, shot, tmp_path):
     _write_run(svc.local_root / "runs" / "browser")
     r = svc.client.post("/api/runs", json={"base": "local:runs/browser/base", "run": "local:runs/browser/run",
                                            "tolerance": 1e-5})
@@ -69,6 +69,15 @@ def test_run_page_running_then_finished(page, svc, shot):
     for graph in ("#fig-run-sparsity", "#fig-run-consecutive", "#fig-run-ever", "#fig-run-heatmap"):
         page.wait_for_selector(f"{graph} .main-svg")
     shot(page, "run-finished")
+
+    # the Download report button: the run's figures at the view's tolerance, in one offline file
+    with page.expect_download(timeout=60_000) as info:
+        page.click("#rn-report")
+    report = tmp_path / "run.html"
+    info.value.save_as(str(report))
+    text = report.read_text()
+    assert text.count('class="report-figure"') == 4 and last["name"] in text and "https://" not in text.split(
+        "</script>", 1)[1]
 
     # view state in the URL: tolerance and heatmap metric; a reload keeps them
     page.locator("#rn-tol").click()

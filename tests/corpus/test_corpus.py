@@ -27,7 +27,7 @@ TOLERANCE = 1e-5
 OPTIONS = dict(tolerance=TOLERANCE, rank="all")
 LORA = [n for n in ENTRY_ORDER if n.endswith("_lora")]
 
-# The naming rule of metrics.md "Structure and magnitude", written out independently of the engine.
+# The naming rule of docs/METRICS.md "Structure and magnitude", written out independently of the engine.
 STACK_WORDS = {"layers", "layer", "h", "blocks", "block"}
 PARAM_WORDS = {"weight", "bias", "gamma", "beta", "scale"}
 

@@ -1,4 +1,4 @@
-"""Brute-force float64 reference for every per-tensor number in metrics.md.
+"""Brute-force float64 reference for every per-tensor number in docs/METRICS.md.
 
 Deliberately naive: whole tensors, float64, one comparison per tolerance, Python
 integers for bit keys. It shares no code with the engine's kernel.
@@ -16,7 +16,7 @@ NARROW = {torch.float8_e4m3fn: 1, torch.float8_e5m2: 1, torch.bfloat16: 2, torch
 
 
 def compare_dtype(a: torch.dtype, b: torch.dtype) -> torch.dtype | None:
-    """metrics.md: same dtype as is; equal width (bf16 vs fp16) in float32; else the narrower.
+    """docs/METRICS.md: same dtype as is; equal width (bf16 vs fp16) in float32; else the narrower.
 
     None: not compared (F64 or an integer dtype on either side).
     """

@@ -176,7 +176,7 @@ def test_weighted_means_are_element_weighted():
 # ---- end to end ---------------------------------------------------------------------------
 
 def _numpy_geometry(w, wt):
-    """metrics.md's definitions, written out independently in numpy float64."""
+    """docs/METRICS.md's definitions, written out independently in numpy float64."""
     m, n = w.shape
     r = min(m, n)
     u, s, vt = np.linalg.svd(w, full_matrices=False)

@@ -28,6 +28,7 @@ from worker.engine.kernel.accumulator import Kernel
 from worker.engine.kernel.bins import EXACT_TOLERANCES
 from worker.engine.pairing.location import locate, name_order
 from worker.engine.pairing.pairs import Pair, Pairing, check_compatible, pair_tensors
+from worker.engine.patch.estimate import estimate as estimate_patch
 from worker.engine.result import ENGINE_VERSION, SCHEMA, build_result, tensor_record  # noqa: F401 (re-exported)
 from worker.engine.tolerance import Tolerance, tolerance_key
 
@@ -409,6 +410,7 @@ def finish(base: Source, tuned: Source, options: AnalysisOptions, records: Mappi
     result = build_result(base, tuned, options, ordered, pairing.unmatched, pairing.warnings)
     result["summary"].update(bytes_read=bytes_read, seconds=round(seconds, 3),
                              device=pick_device(options.device).type)
+    result["patch"] = estimate_patch(result, tuned.total_bytes)
     if masks_dir is not None:
         mask_files.assemble(
             masks_dir,

@@ -1,4 +1,4 @@
-"""Training dynamics of a run, reduced from its analyses (metrics.md, "Training dynamics").
+"""Training dynamics of a run, reduced from its analyses (docs/METRICS.md, "Training dynamics").
 
 Input, per checkpoint c_i of a run (i = 1..k, in step order), from ordinary analyses:
 the result and the packed mask of (base, c_i) at tolerance t, and the result of the

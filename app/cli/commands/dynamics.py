@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
-import tempfile
 from pathlib import Path
 
-from app.cli.commands.engine import _emit, _fail, tolerance
+from app.cli.commands.engine import emit, fail, format_option, tolerance
 from worker.engine.tolerance import tolerance_key
 
 
@@ -17,7 +14,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "dynamics", help="sparsity across a training run's checkpoints",
         description="Compare every checkpoint c_1..c_k of a run with the base, and each with the one before "
-                    "(metrics.md, 'Training dynamics'): sparsity at every exact tolerance, consecutive-update "
+                    "(docs/METRICS.md, 'Training dynamics'): sparsity at every exact tolerance, consecutive-update "
                     "sparsity, the ever-changed set and its share outside the subnetwork, overlap with the final "
                     "subnetwork; per layer in --json. RUN is a directory of checkpoint-<step>/ folders (HF "
                     "Trainer / TRL layout) or a Hub repo whose branches/tags are the checkpoints. Masks of the "
@@ -37,6 +34,7 @@ def register(sub) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN)")
     p.add_argument("--json", type=Path, default=None, help="write the full dynamics result here")
+    format_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_dynamics)
 
@@ -49,78 +47,18 @@ def _limit(args) -> int:
     return Settings().max_run_checkpoints
 
 
-class _Bar:
-    """A tqdm bar over checkpoints; the postfix says which comparison runs and how far it is."""
-
-    def __init__(self, quiet: bool, total: int, label: str):
-        self.bar = None
-        if not quiet:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="ckpt", desc=label, file=sys.stderr, leave=False)
-        self.what = ""
-
-    def doing(self, what: str) -> None:
-        self.what = what
-        if self.bar is not None:
-            self.bar.set_postfix_str(what)
-
-    def progress(self, p) -> None:
-        if self.bar is None or not p.bytes_total:
-            return
-        shown = f"{self.what} {100 * p.bytes_done / p.bytes_total:.0f}%"
-        if shown != self.bar.postfix:
-            self.bar.set_postfix_str(shown)
-
-    def step(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def run_dynamics(args) -> int:
-    from worker.engine import AnalysisOptions, EngineError, analyze
-    from worker.engine.checkpoints.training_run import open_run, plan_run
-    from worker.engine.dynamics import RunPoint, reduce_run, slim
+    from subnetscope.progress import RunBar
+    from subnetscope.runner import dynamics_of
+    from worker.engine import EngineError
 
     try:
-        plan = plan_run(args.base, args.run, revisions=args.revisions, limit=_limit(args), token=args.token,
-                        allow_any_path=True)
-        base, sources = open_run(plan, token=args.token, allow_any_path=True)
+        result = dynamics_of(args.base, args.run, revisions=args.revisions, limit=_limit(args),
+                             tolerance=args.tolerance, device=args.device, token=args.token,
+                             progress=lambda total, label: RunBar(total, label, quiet=args.quiet))
     except EngineError as exc:
-        return _fail(exc)
-    options = AnalysisOptions(tolerance=args.tolerance, device=args.device)
-    bar = _Bar(args.quiet, len(sources), plan.run.label)
-    try:
-        with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="subnetscope-run-") as tmp:
-            for src in (base, *sources):
-                stack.callback(src.close)
-            points, previous = [], base
-            for i, (checkpoint, src) in enumerate(zip(plan.checkpoints, sources)):
-                masks_dir = Path(tmp) / str(i)
-                bar.doing(f"{checkpoint.name} vs base")
-                result = analyze(base, src, options, masks_dir=masks_dir, on_progress=bar.progress)
-                if i == 0:
-                    consecutive = result  # (c_0, c_1) is (base, c_1): the same analysis
-                else:
-                    bar.doing(f"{checkpoint.name} vs {plan.checkpoints[i - 1].name}")
-                    consecutive = analyze(previous, src, options, on_progress=bar.progress)
-                points.append(RunPoint(checkpoint.name, checkpoint.step, masks_dir / "masks.safetensors",
-                                       slim(result), slim(consecutive)))
-                previous = src
-                bar.step()
-            bar.doing("reducing")
-            result = reduce_run(points)
-    except EngineError as exc:
-        return _fail(exc)
-    finally:
-        bar.close()
-    result["run"] = {"id": plan.run.label, "kind": plan.run.kind, "revisions": args.revisions,
-                     "base_name": plan.base_name}
-    _emit(result, args.json, dynamics_table)
+        return fail(exc)
+    emit(result, args, dynamics_table)
     return 0
 
 

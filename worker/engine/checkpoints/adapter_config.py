@@ -1,5 +1,5 @@
 """A PEFT LoRA adapter's settings and where it is: adapter_config.json parsed and checked,
-the adapter file found in a checkpoint, and the base it names (metrics.md, "Pairing tensors").
+the adapter file found in a checkpoint, and the base it names (docs/METRICS.md, "Pairing tensors").
 
 `lora.py` merges an adapter onto its base with these settings; anything adapter_config.json
 turns on that the merge does not compute is refused here, named (`unsupported_adapter`).

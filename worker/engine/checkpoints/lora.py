@@ -1,4 +1,4 @@
-"""PEFT LoRA adapters as the finetuned side: the merged model, read lazily (metrics.md, "Pairing tensors").
+"""PEFT LoRA adapters as the finetuned side: the merged model, read lazily (docs/METRICS.md, "Pairing tensors").
 
 A finetuned checkpoint that is a LoRA adapter (`adapter_config.json` + `adapter_model.safetensors`,
 in a local directory or a Hub repo) is compared as the model PEFT's `merge_and_unload()` writes:

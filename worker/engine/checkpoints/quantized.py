@@ -1,4 +1,4 @@
-"""Checkpoints whose stored tensors are not the weights themselves (metrics.md, "Pairing tensors").
+"""Checkpoints whose stored tensors are not the weights themselves (docs/METRICS.md, "Pairing tensors").
 
 A `DequantizedSource` wraps a source and shows the weights a model computes with:
 
@@ -350,7 +350,7 @@ def mxfp4_decode(blocks: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tens
     return torch.ldexp(FP4_VALUES[codes.long()], exponent.to(torch.float64)), codes
 
 
-# --- the raw-code view (secondary to the values; metrics.md) -----------------------------------
+# --- the raw-code view (secondary to the values; docs/METRICS.md) -----------------------------------
 
 CODE_CHUNK = 1 << 22  # stored elements compared at a time
 

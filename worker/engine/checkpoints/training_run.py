@@ -1,4 +1,4 @@
-"""Training runs as checkpoint lists (metrics.md, "Training dynamics").
+"""Training runs as checkpoint lists (docs/METRICS.md, "Training dynamics").
 
 A run is a base plus checkpoints c_1..c_k ordered by training step, from one of:
 

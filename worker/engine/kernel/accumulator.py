@@ -1,6 +1,6 @@
 """Per-tensor statistics of an update, accumulated over pieces in one pass.
 
-Every number follows ../shared/design/metrics.md. A backend measures each piece
+Every number follows docs/METRICS.md. A backend measures each piece
 (`numba_backend`: a fused loop, the CPU default; `torch_backend`: vectorised torch ops,
 CUDA's path), both counting into the bins of `bins.py`; this module folds the pieces of
 a tensor in order and turns the sums into its record. Norms are float64 sums, per piece
@@ -109,7 +109,7 @@ class Kernel:
         base = base.to(self.device, non_blocking=True)
         tuned = tuned.to(self.device, non_blocking=True)
         if base.dtype != compare_dtype:
-            base = base.to(compare_dtype)  # round to nearest even, as metrics.md says
+            base = base.to(compare_dtype)  # round to nearest even, as docs/METRICS.md says
         if tuned.dtype != compare_dtype:
             tuned = tuned.to(compare_dtype)
         stats = self._measure(base, tuned, compare_dtype, cols, want_rank)

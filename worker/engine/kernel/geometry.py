@@ -1,6 +1,6 @@
 """Update geometry of one matrix: where Delta points relative to the base's singular subspaces.
 
-Every number follows "Update geometry" in ../shared/design/metrics.md. For a base W (m x n),
+Every number follows "Update geometry" in docs/METRICS.md. For a base W (m x n),
 a tuned W~ and Delta = W~ - W, with W = U S V^T (r = min(m, n) singular triplets) and
 k = ceil(q r) for each q in QS:
 

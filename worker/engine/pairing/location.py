@@ -1,4 +1,4 @@
-"""Where a tensor sits in a model, from its name alone (metrics.md, "Structure and magnitude").
+"""Where a tensor sits in a model, from its name alone (docs/METRICS.md, "Structure and magnitude").
 
 A layer is keyed by (stack, N): the stack is the dotted path up to a numbered
 container of blocks and N is the index that follows it. Only container words that

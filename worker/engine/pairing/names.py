@@ -1,4 +1,4 @@
-"""Which tensor of one checkpoint is which tensor of the other (metrics.md, "Pairing tensors").
+"""Which tensor of one checkpoint is which tensor of the other (docs/METRICS.md, "Pairing tensors").
 
 Two things make equal tensors carry different names, or one tensor carry two:
 

@@ -1,4 +1,4 @@
-"""Which tensors of two checkpoints are compared, and how (metrics.md, "Pairing tensors")."""
+"""Which tensors of two checkpoints are compared, and how (docs/METRICS.md, "Pairing tensors")."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class Pairing:
     warnings: list[str] = field(default_factory=list)
 
 
-# The dtypes compared (metrics.md); F64 and integer tensors are reported as unsupported.
+# The dtypes compared (docs/METRICS.md); F64 and integer tensors are reported as unsupported.
 SUPPORTED_DTYPES = ("BF16", "F16", "F32", "F8_E4M3", "F8_E5M2")
 
 
@@ -118,6 +118,13 @@ def pair_tensors(base: Source, tuned: Source) -> Pairing:
     return out
 
 
+# Prefixes that training wrappers add to every name, and what they are.
+WRAPPER_PREFIXES = {
+    "_orig_mod.": "the state dict of a torch.compile'd model, saved without unwrapping it",
+    "module.": "the state dict of a DistributedDataParallel / DataParallel wrapper, saved without unwrapping it",
+}
+
+
 def _warnings(u: dict) -> list[str]:
     w = []
     if u["only_base"]:
@@ -168,9 +175,9 @@ def _warnings(u: dict) -> list[str]:
     if u.get("prefix"):
         p = u["prefix"]
         other = "finetuned model" if p["side"] == "base" else "base"
+        why = WRAPPER_PREFIXES.get(p["prefix"], "a bare model against one saved with its head")
         w.append(f"The {'base' if p['side'] == 'base' else 'finetuned model'} names its tensors with the prefix "
-                 f"'{p['prefix']}' and the {other} does not (a bare model against one saved with its head): "
-                 "names were matched without it.")
+                 f"'{p['prefix']}' and the {other} does not ({why}): names were matched without it.")
     return w
 
 
