@@ -3,8 +3,12 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# olah (a self-hosted HF mirror the tests run as a server) pins versions that clash with ours
+# (psutil), so it has a virtualenv of its own; tests/olahserver.py creates it the same way.
+OLAH_VENV := .venv-olah
+OLAH_VERSION := 0.5.4
 
-.PHONY: run test install bench clean
+.PHONY: run test install bench clean olah
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,10 +21,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(OLAH_VENV)/bin/olah-cli:
+	$(PY) -m venv $(OLAH_VENV)
+	$(OLAH_VENV)/bin/pip install -q olah==$(OLAH_VERSION)
+
+olah: $(OLAH_VENV)/bin/olah-cli
+
 run: $(STAMP)
 	$(BIN)/subnetscope serve
 
-test: $(STAMP)
+test: $(STAMP) olah
 	bash .ci/system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -28,4 +38,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
 
 clean:
-	rm -rf $(VENV) test-artifacts
+	rm -rf $(VENV) $(OLAH_VENV) test-artifacts

@@ -32,6 +32,12 @@ own, as a link from one client to a CDN edge is capped: response bodies are writ
 small chunks, each sent no earlier than the cap allows since the response began. N
 connections (one client's parallel range requests, or N workers) get N times the cap.
 
+Two switches (may be changed live) make it answer as some self-hosted mirrors do (olah,
+tests/olahserver.py): `ranges=False` ignores Range headers and sends every file whole with
+200 (`ranges="open"` answers `bytes=a-b` with 206 and the rest of the file from a, as RFC 9110
+allows; `ranges="shifted"`, a broken server, with 206 from a + 1); `sizes=False` gives no file size anywhere (no `size` in the file list, no X-Linked-Size,
+no Content-Length: bodies end when the connection closes).
+
 `hang()` makes both listeners accept connections and read requests but never answer (a
 Hub that hangs, the worst case for a client: no error, only its own timeouts); `held`
 counts the requests held so far, and `unhang()` (or `stop()`) lets them go, closing
@@ -135,6 +141,8 @@ class HubServer:
         url_lifetime: float = 3600.0,
         cdn_delay: float = 0.0,
         bandwidth: float | None = None,
+        ranges: bool | str = True,
+        sizes: bool = True,
     ):
         self.root = Path(root)
         self.gated = {k: set(v) for k, v in (gated or {}).items()}
@@ -144,6 +152,8 @@ class HubServer:
         self.url_lifetime = url_lifetime  # seconds a presigned CDN url stays valid (may be changed live)
         self.cdn_delay = cdn_delay  # seconds each CDN answer waits (a slow link: a run outlives a url)
         self.bandwidth = bandwidth  # bytes/s per connection for response bodies (may be changed live)
+        self.ranges = ranges  # False: Range ignored (200, whole file); "open" / "shifted": other 206 ranges
+        self.sizes = sizes  # False: no file size in listings or headers (bodies delimited by closing)
         self._key = os.urandom(16)  # signs CDN urls
         self._throttle: list[tuple[re.Pattern, int]] = []  # (path pattern, Retry-After) for the next /resolve calls
         self.requests: list[Served] = []
@@ -329,7 +339,7 @@ class HubServer:
 
     def _sibling(self, commit: Commit, name: str, blobs: bool) -> dict:
         entry = {"rfilename": name}
-        if blobs:
+        if blobs and self.sizes:
             size = len(commit.files[name])
             entry.update(size=size, blobId=commit.blob_ids[name])
             if self._is_lfs(name):
@@ -549,6 +559,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "X-Linked-Etag": f'"{commit.lfs_oids[name]}"',
                 "Content-Type": "text/plain; charset=utf-8",
             })
+            if not self.hub.sizes:
+                del headers["X-Linked-Size"]
             self._file = name
             return self._send(302, b"", headers)
         self._file = name
@@ -569,9 +581,12 @@ class _Handler(BaseHTTPRequestHandler):
     # --- responses --------------------------------------------------------------------
 
     def _send_bytes(self, data: bytes, headers: dict) -> None:
-        header = self.headers.get("Range")
+        header = self.headers.get("Range") if self.hub.ranges else None
         if header is None:
-            return self._send(200, data, {**headers, "Content-Type": "application/octet-stream"})
+            if not self.hub.ranges:
+                headers = {k: v for k, v in headers.items() if k != "Accept-Ranges"}
+            return self._send(200, data, {**headers, "Content-Type": "application/octet-stream"},
+                              length=self.hub.sizes)
         match = _RANGE.match(header.strip())
         size = len(data)
         start = end = None
@@ -585,6 +600,10 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubError(400, None, f"Bad Range header {header!r}")
         if start >= size or end < start:
             raise HubError(416, None, "Range Not Satisfiable", size=size)
+        if self.hub.ranges == "open":
+            end = size - 1
+        elif self.hub.ranges == "shifted":
+            start = min(start + 1, end)
         self._send(206, data[start:end + 1], {
             **headers, "Content-Type": "application/octet-stream", "Content-Range": f"bytes {start}-{end}/{size}",
         })
@@ -601,11 +620,15 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes */{err.size}"
         self._send(err.status, json.dumps({"error": err.message}).encode(), headers)
 
-    def _send(self, status: int, body: bytes, headers: dict) -> None:
+    def _send(self, status: int, body: bytes, headers: dict, *, length: bool = True) -> None:
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
+        if length:
+            self.send_header("Content-Length", str(len(body)))
+        else:  # the body ends when the connection closes (HTTP/1.1 allows it for a response)
+            self.send_header("Connection", "close")
+            self.close_connection = True
         sent = len(body) if self.command != "HEAD" else 0
         # Logged before anything goes out, so a client that has its answer finds it in the log;
         # `finished` is when the answer was ready to send (bodies here are small).
@@ -648,6 +671,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--private", action="append", default=[], metavar="REPO=TOKEN")
     parser.add_argument("--url-lifetime", type=float, default=3600.0, help="seconds a presigned CDN url is valid")
     parser.add_argument("--bandwidth", type=float, default=None, help="bytes/s per connection (default: no cap)")
+    parser.add_argument("--no-ranges", action="store_true", help="ignore Range headers: send files whole (200)")
+    parser.add_argument("--no-sizes", action="store_true", help="give no file sizes (listings, headers)")
     args = parser.parse_args(argv)
 
     def access(items: list[str]) -> dict[str, set[str]]:
@@ -658,7 +683,8 @@ def main(argv: list[str] | None = None) -> None:
         return out
 
     server = HubServer(args.root, gated=access(args.gated), private=access(args.private), host=args.host, port=args.port,
-                       url_lifetime=args.url_lifetime, bandwidth=args.bandwidth)
+                       url_lifetime=args.url_lifetime, bandwidth=args.bandwidth, ranges=not args.no_ranges,
+                       sizes=not args.no_sizes)
     server.start()
     print(server.url, flush=True)
     try:

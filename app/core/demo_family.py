@@ -13,7 +13,8 @@ STATUS_FILE = ".trained-status.json"
 LOCK_FILE = ".trained.lock"
 TRAINED = "trained"
 # What the trained family holds (worker.demo.trained.TRAINED_NAMES, without importing torch).
-TRAINED_NAMES = ("trained/base", "trained/sft", "trained/rl", "trained/sft_run", "trained/rl_run")
+TRAINED_NAMES = ("trained/base", "trained/sft", "trained/rl", "trained/sft_run", "trained/rl_run",
+                 "trained/base_fp32", "trained/sft_fp32", "trained/rl_fp32")
 PAIRS = (("trained/base", "trained/sft", "trained · SFT"), ("trained/base", "trained/rl", "trained · RL"))
 RUNS = ("trained/sft_run", "trained/rl_run")
 STALE_SECONDS = 60.0  # a "training" status this old was left by a build that died

@@ -22,12 +22,13 @@ from ..figures import theme as T
 from ..notes import comparison_notes
 from . import patch_card
 from .picker import label
+from .precision import precision_content
 from .progress import progress_fraction, progress_text  # noqa: F401 (the page's progress line; tests read it here)
 from .shell import badge, card, notice, stat
 from .tensor import href as tensor_href
 
 TABS = (("overview", "Tolerance"), ("layers", "Layers × modules"), ("tensors", "Tensors"),
-        ("precision", "Precision (ULP)"), ("rank", "Rank"), ("geometry", "Geometry"))
+        ("precision", "Precision"), ("rank", "Rank"), ("geometry", "Geometry"))
 METRICS = ("sparsity", "density")
 SLIDER_ZERO = -10.0   # slider position standing for t = 0 (bit-exact)
 GRAPH_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "svg"}}
@@ -317,10 +318,7 @@ def tab_content(result: dict, tab: str, t: float, metric: str):
         return [html.H3(f"Per tensor at t = {N.fmt_tol(t)} (click a header to sort, type to filter)"),
                 tensor_table(result, t)]
     if tab == "precision":
-        return [g(F.ulp_histogram(result), "fig-ulp"),
-                html.P("bf16 has 8 significant bits, so a one-step change of a weight ≥ 0.002 already "
-                       "exceeds t = 1e-5: small tolerances only matter for near-zero weights.",
-                       className="muted small")]
+        return precision_content(result, t, g)
     if tab == "rank":
         return [g(FR.rank_chart(result), "fig-rank"), rank_note(result)]
     if tab == "geometry":

@@ -12,6 +12,7 @@ from .. import report as R
 from ..apiclient import message
 from ..figures import analysis as FA
 from ..figures import compare as F
+from ..figures import precision as FP
 from ..figures import theme as T
 from .picker import fetch_many, label, options, parse_ids
 from .shell import card, notice
@@ -106,6 +107,45 @@ def geometry_cells(result: dict) -> list:
             html.Td(f"{g['drift']:.3g}" if g.get("drift") is not None else "–", className="num geo")]
 
 
+PRECISION_HEAD = [
+    html.Th(f"Changed |w| < 2^{FP.SPLIT_EXPONENT} / larger", className="num",
+            title="changed share at the chosen tolerance of the small base weights, and of the rest"),
+    html.Th("≤ 1 step", className="num", title="share of the changed elements that moved one representable step"),
+    html.Th("bf16 erases", className="num", title="share of the changed elements (t = 0) that rounding both sides "
+            "to bf16 would leave equal; only for pairs stored wider than bf16 (fp32, fp16)"),
+    html.Th("1 − cosine", className="num", title="1 − cosine similarity of base and tuned (float64 sums)")]
+
+
+def precision_table(ids: list[str], analyses: list, t: float):
+    """The Precision tab's headline numbers of each finished analysis, side by side (an RL and an SFT pair,
+    each stored in bf16 and as fp32 masters)."""
+    rows = [html.Tr([html.Td(dcc.Link(label(a), href=f"/a/{aid}?tab=precision", className="pair-link")),
+                     *precision_cells(a["result"], t)], **{"data-id": aid})
+            for aid, a in zip(ids, analyses) if not isinstance(a, Exception) and a.get("result")]
+    return html.Div(className="table-scroll", children=[
+        html.H3(f"Precision at t = {N.fmt_tol(t)}"),
+        html.Table(className="table", id="compare-precision", children=[
+            html.Thead(html.Tr([html.Th("Pair"), *PRECISION_HEAD])), html.Tbody(rows)])])
+
+
+def precision_cells(result: dict, t: float) -> list:
+    """The Precision tab's headline numbers: '–' where a result has none or none applies."""
+    p = FP.precision(result)
+    if not p:
+        return [html.Td("–", className="num muted prec", title="no precision figures") for _ in PRECISION_HEAD]
+    key = N.tol_key(t) if N.tol_key(t) in p["changed"] else "1e-05"
+    small, big, _ = FP.split_shares(p, key)
+    one = ((result.get("summary") or {}).get("ulp") or {}).get("one_step_share")
+    cf = (p.get("counterfactual") or {}).get("bfloat16")
+    erased = FP.erased_share(cf) if cf else None
+    cos = p.get("cosine")
+    return [html.Td(f"{N.fmt_pct(small)} / {N.fmt_pct(big)}", className="num prec"),
+            html.Td(N.fmt_pct(one), className="num prec"),
+            html.Td(N.fmt_pct(erased) if cf else "–", className="num prec",
+                    title=None if cf else "stored in bf16 or narrower: no counterfactual"),
+            html.Td(f"{1 - cos:.2e}" if cos is not None else "–", className="num prec")]
+
+
 def register(app, api):
     @app.callback(Output("cmp-ids", "value", allow_duplicate=True), Output("cmp-paste", "value"),
                   Input("cmp-paste", "n_submit"), State("cmp-paste", "value"), State("cmp-ids", "value"),
@@ -129,7 +169,7 @@ def register(app, api):
         items = [(label(a), a.get("result")) for a in analyses
                  if not isinstance(a, Exception) and a.get("result")]
         new_search = f"?ids={','.join(ids)}&t={N.fmt_tol(t)}" if ids else f"?t={N.fmt_tol(t)}"
-        table = numbers_table(ids, analyses, t) if ids else None
+        table = html.Div([numbers_table(ids, analyses, t), precision_table(ids, analyses, t)]) if ids else None
         return (F.compare_bars(items, t), table, opts,
                 no_update if search == new_search else new_search)
 

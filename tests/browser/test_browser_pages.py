@@ -145,7 +145,7 @@ def test_permalink_reopens_the_same_view(page, browser, svc, shot):
         other.get_by_text("Tensors", exact=True).click()
         other.wait_for_selector("#tensor-table")
         shot(other, "analysis-tensors")
-        other.get_by_text("Precision (ULP)").click()
+        other.get_by_text("Precision", exact=True).click()
         other.wait_for_selector("#fig-ulp .main-svg")
         shot(other, "analysis-precision")
         other.get_by_text("Rank", exact=True).click()

@@ -85,3 +85,72 @@ def tensor_stats(base: torch.Tensor, tuned: torch.Tensor, tolerances, chosen: fl
     if want_rank and base.dim() == 2:
         out["rank"] = int(torch.linalg.matrix_rank(torch.nan_to_num(d).float()))
     return out
+
+
+# --- precision and magnitude (metrics.md, "Precision and magnitude", "Similarity") ---------
+
+# (mantissa bits, smallest normal exponent) of each compared dtype
+FORMAT = {torch.bfloat16: (7, -126), torch.float16: (10, -14), torch.float32: (23, -126),
+          torch.float8_e4m3fn: (3, -6), torch.float8_e5m2: (2, -14)}
+
+
+def magnitude_bin(x: float, dtype: torch.dtype) -> int:
+    """0 zero, 1 subnormal (of dtype), 2..255 floor(log2|x|) + 128, 256 inf or NaN."""
+    if math.isnan(x) or math.isinf(x):
+        return 256
+    if x == 0:
+        return 0
+    _, emin = FORMAT[dtype]
+    e = math.frexp(abs(x))[1] - 1  # floor(log2 |x|), exact
+    return 1 if e < emin else e + 128
+
+
+def ratio_bucket(delta: float, base: float, dtype: torch.dtype) -> int:
+    """Bucket k of |delta| / spacing(base): ratios in (2^(k-1), 2^k], bucket 0 for ratios <= 1."""
+    mbits, emin = FORMAT[dtype]
+    e = math.frexp(abs(base))[1] - 1 if base != 0 else emin
+    ratio = abs(delta) / 2.0 ** (max(e, emin) - mbits)  # exact: a power-of-two scaling
+    m, ex = math.frexp(ratio)
+    ceil_log2 = ex - 1 if m == 0.5 else ex
+    return min(max(ceil_log2, 0), 32)
+
+
+def precision_stats(base: torch.Tensor, tuned: torch.Tensor, tolerances) -> dict:
+    """Per element, in Python: compared and changed by magnitude bin, changed by (bin, ratio bucket),
+    the bf16 / fp16 storage counterfactuals and the cosine similarity (math.fsum of exact products)."""
+    dtype = base.dtype
+    b = base.double().flatten().tolist()
+    u = tuned.double().flatten().tolist()
+    d = delta64(base, tuned).flatten().tolist()
+    compared: dict[int, int] = {}
+    changed = {repr(float(t)): {} for t in tolerances}
+    ratio: dict[tuple[int, int], int] = {}
+    for bv, dv in zip(b, d):
+        k = magnitude_bin(bv, dtype)
+        compared[k] = compared.get(k, 0) + 1
+        for t in tolerances:
+            if math.isnan(dv) or abs(dv) > t:
+                changed[repr(float(t))][k] = changed[repr(float(t))].get(k, 0) + 1
+        if dv != 0 and not math.isnan(dv):
+            key = (k, ratio_bucket(dv, bv, dtype))
+            ratio[key] = ratio.get(key, 0) + 1
+    counterfactual = {}
+    for name, narrow in (("bfloat16", torch.bfloat16), ("float16", torch.float16)):
+        if dtype == torch.float32 or (dtype == torch.float16 and narrow == torch.bfloat16):
+            rb, ru = base.to(narrow), tuned.to(narrow)
+            counterfactual[name] = {repr(float(t)): int(changed_mask(rb, ru, t).sum()) for t in tolerances}
+    ok = list(zip(b, u))
+    dot = math.fsum(0.0 if math.isnan(x) or math.isnan(y) else x * y for x, y in ok)
+    bsq = math.fsum(0.0 if math.isnan(x) else x * x for x, _ in ok)
+    usq = math.fsum(0.0 if math.isnan(y) else y * y for _, y in ok)
+    return {
+        "compared": compared,
+        "changed": changed,
+        "ratio": ratio,
+        "counterfactual": counterfactual,
+        "cosine": _finite_or_none(dot / math.sqrt(bsq * usq)) if bsq > 0 and usq > 0 else None,
+    }
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None  # inf or NaN weights: no cosine

@@ -60,8 +60,9 @@ def test_fused_kernel_equals_the_torch_path(monkeypatch, dtype, share, compress)
         b, u = _pair(n, dtype, share, seed, specials=True)
         for keep in (True, False):
             fused_kernel.keep_masks = torch_kernel.keep_masks = keep
-            fused = fused_kernel.measure(b, u, dtype, cols, False)
-            ref = torch_kernel.measure(b, u, dtype, cols, False)
+            cf = {torch.float32: 2, torch.float16: 1}.get(dtype, 0)  # storage counterfactuals as for a same-dtype pair
+            fused = fused_kernel.measure(b, u, dtype, cols, False, cf_kinds=cf)
+            ref = torch_kernel.measure(b, u, dtype, cols, False, cf_kinds=cf)
             where = (str(dtype), share, n, cols, keep)
             assert torch.equal(fused.curve, ref.curve), where
             assert torch.equal(fused.ulp, ref.ulp), where
@@ -70,6 +71,17 @@ def test_fused_kernel_equals_the_torch_path(monkeypatch, dtype, share, compress)
             assert math.isclose(fused.delta_sq, ref.delta_sq, rel_tol=1e-12), where
             assert math.isclose(fused.base_sq, ref.base_sq, rel_tol=1e-12), where
             assert fused.chosen_changed == int(ref.mask.sum()), where
+            # the precision view
+            assert np.array_equal(fused.mag_compared, ref.mag_compared), where
+            # cells (no ratio bucket, class 0) are the unchanged elements, which the fused loop never visits
+            fj, rj = fused.mag_joint.astype(np.int64), ref.mag_joint.astype(np.int64)
+            fj[:, -1, 0] = rj[:, -1, 0] = 0
+            assert np.array_equal(fj, rj), where
+            assert np.array_equal(fused.counterfactual[:, 1:], ref.counterfactual[:, 1:]), where
+            assert fused.counterfactual.shape[0] == cf, where
+            for a, r in ((fused.dot, ref.dot), (fused.tuned_sq, ref.tuned_sq)):
+                # with infinities in a piece both are non-finite (no cosine), in either order of sums
+                assert (not math.isfinite(a) and not math.isfinite(r)) or math.isclose(a, r, rel_tol=1e-12), where
             if keep:
                 assert torch.equal(fused.mask, ref.mask), where
             else:

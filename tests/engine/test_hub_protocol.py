@@ -259,3 +259,65 @@ def test_rate_limits_that_never_end_are_transient(repos):
         with pytest.raises(EngineError) as info:
             HubSource(hub_spec("org/base"))
         assert info.value.code == "transient" and "429" in info.value.message
+
+
+# --- servers that are not huggingface.co (self-hosted mirrors; olah itself: tests/reliability/test_olah.py) ---
+
+
+def test_a_server_that_ignores_ranges_is_read_through_whole_files_with_one_warning(repos, monkeypatch, caplog):
+    from worker.engine.checkpoints import hub_http
+
+    monkeypatch.setattr(hub_http, "_WARNED_RANGES", set())
+    expected = local_result(repos)
+    hub = HubServer(repos, ranges=False)
+    with hub, hub.endpoint(), caplog.at_level("WARNING", logger="worker.engine.checkpoints.hub"):
+        base, tuned = HubSource(hub_spec("org/base")), HubSource(hub_spec("org/tuned"))
+        with base, tuned:
+            assert normalised(analyze(base, tuned, AnalysisOptions(device="cpu"))) == expected
+            assert base.ranges_ignored and tuned.ranges_ignored
+    ranged = [r for r in hub.requests if r.range is not None and r.path.startswith("/blobs/")]
+    assert ranged and {r.status for r in ranged} == {200}  # every range was answered with the whole file
+    warnings = [r for r in caplog.records if "ignores HTTP range requests" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]  # once per server, not per read or source
+    assert hub.url in warnings[0].getMessage()
+
+
+def test_a_server_that_gives_no_size_anywhere_is_refused_naming_what_it_lacks(repos):
+    hub = HubServer(repos, ranges=False, sizes=False)
+    with hub, hub.endpoint():
+        with pytest.raises(EngineError) as err:
+            HubSource(hub_spec("org/base"))
+    assert err.value.code == "bad_request"
+    assert "gives no size" in err.value.message and "Content-Length" in err.value.message
+    assert hub.url in err.value.message and "network" not in err.value.message
+
+
+def test_a_server_that_answers_errors_every_time_is_named_not_the_network(repos):
+    hub = HubServer(repos)
+    with hub, hub.endpoint():
+        hub.fail_next(HubSource.retries + 1, status=500, match=r"model-00001-of-00002\.safetensors")
+        with pytest.raises(EngineError) as err:
+            HubSource(hub_spec("org/base"))
+    assert err.value.code == "transient"
+    assert "answered HTTP 500" in err.value.message and "network" not in err.value.message
+
+
+def test_a_206_of_a_wider_range_is_cut_to_the_range_asked(repos):
+    expected = local_result(repos)
+    hub = HubServer(repos, ranges="open")  # bytes=a-b answered with bytes a-(size-1)
+    with hub, hub.endpoint():
+        base, tuned = HubSource(hub_spec("org/base")), HubSource(hub_spec("org/tuned"))
+        with base, tuned:
+            assert normalised(analyze(base, tuned, AnalysisOptions(device="cpu"))) == expected
+    wider = [r for r in hub.requests if r.status == 206 and r.range is not None]
+    # the header reads (bytes=0-7) were answered with whole files, and still read as 8 bytes
+    assert [r for r in wider if r.range == "bytes=0-7" and not r.headers["Content-Range"].startswith("bytes 0-7/")]
+
+
+def test_a_206_of_another_range_is_never_read_as_the_range_asked(repos):
+    hub = HubServer(repos, ranges="shifted")  # bytes=a-b answered with bytes (a+1)-b
+    with hub, hub.endpoint():
+        with pytest.raises(EngineError) as err:
+            HubSource(hub_spec("org/base"))
+    assert err.value.code == "transient"
+    assert "the server sent 'bytes 1-7/" in err.value.message and "network" not in err.value.message

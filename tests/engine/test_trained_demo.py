@@ -137,7 +137,8 @@ def test_the_same_call_writes_the_same_bytes(tmp_path):
     b = T.write_trained_demo(tmp_path / "b", config=tiny)
     assert torch.get_num_threads() == threads  # restored
     ha, hb = file_hashes(tmp_path / "a"), file_hashes(tmp_path / "b")
-    assert ha == hb and len(ha) == (3 + 2 + 2) * 3 + 1  # base, sft, rl, 2 + 2 run checkpoints; summary
+    # base, sft, rl, 2 + 2 run checkpoints (3 files each); summary; the fp32 masters (weights + config.json)
+    assert ha == hb and len(ha) == (3 + 2 + 2) * 3 + 1 + 3 * 2
     assert {k: v.relative_to(tmp_path / "a") for k, v in a.items()} == \
         {k: v.relative_to(tmp_path / "b") for k, v in b.items()}
 

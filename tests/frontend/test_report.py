@@ -42,8 +42,9 @@ def test_analysis_report_is_one_self_contained_file(demo_results):
     assert "http://" not in rest and "https://" not in rest and "<link" not in rest and "@import" not in rest
     figs = figures_of(page)
     assert len(figs) == rest.count('class="report-figure"')
-    # curve, heatmap, layer bars, ULP, rank, 3 geometry, 3 overlap: rl_a ran with rank and geometry "all"
-    assert len(figs) == 11
+    # curve, heatmap, layer bars, ULP, changed share by magnitude, rank, 3 geometry, 3 overlap: rl_a ran with
+    # rank and geometry "all"; every analysis now measures the precision view
+    assert len(figs) == 12
     # the figures are the page's own functions' output, not a second copy
     from frontend.figures import analysis as FA
     from frontend.figures import overlap as FO

@@ -49,8 +49,8 @@ def test_build_renames_into_place_and_reports_progress(tmp_path, monkeypatch):
     demo = tmp_path / "demo"
     (demo / ".trained-999").mkdir(parents=True)  # left by a killed build
     seen = []
-    real = demo_training._write_status
-    monkeypatch.setattr(demo_training, "_write_status", lambda d, **f: (seen.append(f), real(d, **f)))
+    real = demo_training.write_status
+    monkeypatch.setattr(demo_training, "write_status", lambda d, **f: (seen.append(f), real(d, **f)))
     assert demo_training.build(demo, "quick") == 0
     assert demo_training.present(demo) and demo_training.status(demo)["state"] == "ready"
     assert {p.name for p in demo.iterdir()} == {demo_training.LOCK_FILE, demo_training.STATUS_FILE, "trained"}

@@ -59,6 +59,10 @@ base greedy addition accuracy 94.1 %, expected reward 0.527. SFT: subtraction 8.
 every checkpoint and up at 6 of the 8; greedy accuracy 93.8 %. Sparsity (subnetscope analyze, t = 0 / 1e-5):
 base -> sft 2.93 % / 2.93 %; base -> rl 46.59 % / 46.86 %. About 40 CPU seconds.
 
+The fp32 masters are written too (`trained/sft_fp32`, `trained/rl_fp32`: the finals' AdamW
+masters; `trained/base_fp32`: the bf16 base in fp32, where both started), so that a pair of
+them shows every fp32 update and the bf16 storage counterfactual what bf16 saving erased.
+
 Each `checkpoint-<step>/` holds model.safetensors, config.json and trainer_state.json
 (the Trainer's file: global_step, log_history with loss, grad norm, learning rate,
 reward, eval accuracies), with no wall-clock fields, so the bytes repeat. `quick=True`
@@ -77,7 +81,9 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+
+from worker.demo.trained_files import round6 as _r
+from worker.demo.trained_files import save_checkpoint, trainer_state
 
 DIGITS = 10
 PLUS, MINUS, EQ, BOS, EOS, PAD = 10, 11, 12, 13, 14, 15
@@ -119,6 +125,7 @@ class TrainedDemoConfig:
     rl_save_every: int = 25
     max_grad_norm: float = 1.0
     eval_size: int = 512
+    fp32: bool = False  # config.json of the fp32 master copies
 
 
 FULL = TrainedDemoConfig()
@@ -127,7 +134,8 @@ FULL = TrainedDemoConfig()
 QUICK = replace(FULL, operand_max=10, pretrain_steps=150, pretrain_batch=64, sft_steps=12, sft_batch=32,
                 sft_save_every=4, rl_steps=16, rl_save_every=4, eval_size=256)
 
-TRAINED_NAMES = ("trained/base", "trained/sft", "trained/rl", "trained/sft_run", "trained/rl_run")
+TRAINED_NAMES = ("trained/base", "trained/sft", "trained/rl", "trained/sft_run", "trained/rl_run",
+                 "trained/base_fp32", "trained/sft_fp32", "trained/rl_fp32")
 
 
 # --------------------------------------------------------------------------- model
@@ -156,7 +164,7 @@ def hf_config(cfg: TrainedDemoConfig) -> dict:
         "rope_scaling": None,
         "rope_theta": cfg.rope_theta,
         "tie_word_embeddings": False,
-        "torch_dtype": "bfloat16",
+        "torch_dtype": "float32" if cfg.fp32 else "bfloat16",
         "use_cache": True,
         "vocab_size": cfg.vocab,
     }
@@ -306,6 +314,9 @@ class _MixedPrecision:
     def saved(self) -> dict[str, torch.Tensor]:
         return {n: t.detach().to(torch.bfloat16) for n, t in self.master.items()}
 
+    def master_state(self) -> dict[str, torch.Tensor]:
+        return {n: t.detach().clone() for n, t in self.master.items()}
+
     def step(self, loss: torch.Tensor, lr: float, max_norm: float) -> float:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -332,27 +343,6 @@ def _lm_loss(logits: torch.Tensor, tokens: torch.Tensor, answer_only: bool) -> t
     if answer_only:
         target[:, :PROMPT_LEN - 1] = -100
     return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), ignore_index=-100)
-
-
-def _r(x: float) -> float:
-    return float(f"{x:.6g}")
-
-
-def _save(directory: Path, state: dict, cfg: TrainedDemoConfig, trainer_state: dict | None = None) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"),
-              metadata={"format": "pt"})
-    (directory / "config.json").write_text(json.dumps(hf_config(cfg), indent=2) + "\n")
-    if trainer_state is not None:
-        (directory / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
-    return directory
-
-
-def _trainer_state(step: int, max_steps: int, save_every: int, batch: int, log: list[dict]) -> dict:
-    return {"best_metric": None, "best_model_checkpoint": None, "epoch": None, "global_step": step,
-            "is_hyper_param_search": False, "is_local_process_zero": True, "is_world_process_zero": True,
-            "log_history": list(log), "logging_steps": 1, "max_steps": max_steps, "num_train_epochs": 1,
-            "save_steps": save_every, "train_batch_size": batch}
 
 
 class _Progress:
@@ -401,13 +391,13 @@ def finetune_sft(cfg: TrainedDemoConfig, base: dict, out: Path, evals: dict, pro
             entry["eval_sub_accuracy"] = _r(accuracy(cfg, saved, evals["sub"]))
             entry["eval_add_accuracy"] = _r(accuracy(cfg, saved, evals["add"]))
             log.append(entry)
-            final = _save(out / f"checkpoint-{step + 1}", saved, cfg,
-                          _trainer_state(step + 1, cfg.sft_steps, cfg.sft_save_every, cfg.sft_batch, log))
+            final = save_checkpoint(out / f"checkpoint-{step + 1}", saved, hf_config(cfg),
+                            trainer_state(step + 1, cfg.sft_steps, cfg.sft_save_every, cfg.sft_batch, log))
         else:
             log.append(entry)
         if progress:
             progress("SFT")
-    return {"final": final, "log": log}
+    return {"final": final, "log": log, "master": trainer.master_state()}
 
 
 def finetune_rl(cfg: TrainedDemoConfig, base: dict, out: Path, evals: dict, progress=None) -> dict:
@@ -439,14 +429,14 @@ def finetune_rl(cfg: TrainedDemoConfig, base: dict, out: Path, evals: dict, prog
             entry["eval_add_accuracy"] = _r(accuracy(cfg, saved, evals["add"]))
             entry["eval_add_expected_reward"] = _r(expected_reward(cfg, saved, evals["add"]))
             log.append(entry)
-            final = _save(out / f"checkpoint-{step + 1}", saved, cfg,
-                          _trainer_state(step + 1, cfg.rl_steps, cfg.rl_save_every,
+            final = save_checkpoint(out / f"checkpoint-{step + 1}", saved, hf_config(cfg),
+                            trainer_state(step + 1, cfg.rl_steps, cfg.rl_save_every,
                                          cfg.rl_prompts * cfg.rl_group, log))
         else:
             log.append(entry)
         if progress:
             progress("RL", 2)
-    return {"final": final, "log": log}
+    return {"final": final, "log": log, "master": trainer.master_state()}
 
 
 def write_trained_demo(directory: Path, *, quick: bool = False, config: TrainedDemoConfig | None = None,
@@ -475,13 +465,19 @@ def write_trained_demo(directory: Path, *, quick: bool = False, config: TrainedD
                         "eval_add_expected_reward": _r(expected_reward(cfg, base, evals["add"])),
                         "eval_sub_accuracy": _r(accuracy(cfg, base, evals["sub"]))}
             pre_log[-1].update(base_acc)
-            _save(root / "base", base, cfg,
-                  _trainer_state(cfg.pretrain_steps, cfg.pretrain_steps, cfg.pretrain_steps, cfg.pretrain_batch,
-                                 pre_log))
+            save_checkpoint(root / "base", base, hf_config(cfg),
+                            trainer_state(cfg.pretrain_steps, cfg.pretrain_steps, cfg.pretrain_steps, cfg.pretrain_batch,
+                                          pre_log))
             sft = finetune_sft(cfg, base, root / "sft_run", evals, tick)
             rl = finetune_rl(cfg, base, root / "rl_run", evals, tick)
             shutil.copytree(sft["final"], root / "sft")
             shutil.copytree(rl["final"], root / "rl")
+            # The fp32 masters: the finetunes' final ones, and the base's (the saved bf16 base, exactly, where
+            # both started), so that (base_fp32, rl_fp32) shows every fp32 update and what bf16 storage erased.
+            fp32 = replace(cfg, fp32=True)
+            save_checkpoint(root / "base_fp32", {n: t.float() for n, t in base.items()}, hf_config(fp32))
+            save_checkpoint(root / "sft_fp32", sft["master"], hf_config(fp32))
+            save_checkpoint(root / "rl_fp32", rl["master"], hf_config(fp32))
             summary = {"config": asdict(cfg), "base": base_acc,
                        "sft": {k: v for k, v in sft["log"][-1].items() if k.startswith("eval")},
                        "rl": {k: v for k, v in rl["log"][-1].items() if k.startswith("eval")}}

@@ -26,7 +26,7 @@ from worker.engine.errors import EngineError
 from worker.engine.kernel import geometry as geo
 from worker.engine.kernel import svd_cost
 from worker.engine.kernel.accumulator import Kernel
-from worker.engine.kernel.bins import EXACT_TOLERANCES
+from worker.engine.kernel.bins import EXACT_TOLERANCES, counterfactual_kinds
 from worker.engine.pairing.location import locate, name_order
 from worker.engine.pairing.pairs import Pair, Pairing, check_compatible, pair_tensors
 from worker.engine.patch.estimate import estimate as estimate_patch
@@ -105,6 +105,11 @@ def _wants_rank(pair: Pair, mode: str, sampled: set[tuple[str, int]]) -> bool:
         return False
     where = locate(pair.name)
     return mode == "all" or (mode == "sampled" and (where.stack, where.layer) in sampled)
+
+
+def _counterfactuals(pair: Pair) -> int:
+    """How many storage counterfactuals (bf16, fp16) the pair's stored dtypes allow."""
+    return counterfactual_kinds(pair.base.torch_dtype, pair.tuned.torch_dtype)
 
 
 def _wants_geometry(pair: Pair, mode: str, sampled: set[tuple[str, int]]) -> bool:
@@ -324,7 +329,8 @@ def analyze_part(
         if state["acc"] is None:
             want_rank = _wants_rank(pair, options.rank, sampled)
             want_geometry = _wants_geometry(pair, options.geometry, sampled)
-            state["acc"] = kernel.start(pair.name, pair.shape, pair.compare_dtype, want_rank, want_geometry)
+            state["acc"] = kernel.start(pair.name, pair.shape, pair.compare_dtype, want_rank, want_geometry,
+                                        _counterfactuals(pair))
             state["mask"] = mask_files.MaskPart(parts, pair.name) if parts else None
             progress.current = pair.name
         kernel.fold(state["acc"], stats)
@@ -376,7 +382,7 @@ def analyze_part(
         pair = by_name[piece.name]
         cols = pair.shape[1] if len(pair.shape) == 2 else None
         return kernel.measure(b, t, pair.compare_dtype, cols, _wants_rank(pair, options.rank, sampled),
-                              _wants_geometry(pair, options.geometry, sampled))
+                              _wants_geometry(pair, options.geometry, sampled), _counterfactuals(pair))
 
     threads = 1 if device.type == "cuda" else max(1, min(MAX_THREADS, cores()))
     # Piece threads keep one intra-op thread each, whatever an SVD thread set meanwhile.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from worker.engine import precision
 from worker.engine.checkpoints.sources import Source
 from worker.engine.kernel import geometry as geo
 from worker.engine.kernel.bins import CURVE_TOLERANCES, EXACT_TOLERANCES, ULP_BUCKETS, ulp_labels
@@ -61,6 +62,7 @@ def _group(records: list[dict], *keys: str) -> list[dict]:
         g["sparsity"] = _sparsity(g["numel"], g["changed"])
         g["geometry"] = geo.weighted(members[k])
         g["rank"] = rank_summary(members[k])
+        g["precision"] = precision.merge(members[k])
     out = list(groups.values())
     if "layer" in keys:
         out.sort(key=layer_order)
@@ -104,6 +106,7 @@ def build_result(base: Source, tuned: Source, options, records: list[dict],
         },
         "geometry": {"mode": options.geometry, "matrices": 0, **(geo.weighted(records) or {})},
         "dtype_mismatch": bool(unmatched.get("dtype_mismatch")),
+        "precision": precision.merge(records, with_ratio=True),
     }
     return {
         "schema": SCHEMA,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import textwrap
 
+from app.cli.precision_table import precision_lines
 from frontend.summary import module_rows, overlap_summary, plain_summary, top_tensors
 
 
@@ -46,6 +47,7 @@ def summary_table(result: dict, top: int = 10) -> str:
         lines.append(f"\n{100 * share:.1f}% of changed elements moved exactly one representable step")
     lines += rank_lines(s["rank"])
     lines += geometry_lines(s.get("geometry") or {})
+    lines += precision_lines(s.get("precision"))
     if top > 0:
         lines += top_lines(result, top)
     for warning in result["warnings"]:

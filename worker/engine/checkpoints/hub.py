@@ -67,11 +67,19 @@ class HubSource(HubHttp, Source):
 
     def _open_remote(self, token: str | None) -> None:
         api = HfApi(endpoint=constants.ENDPOINT)
-        info = self._call(
-            lambda: api.model_info(self.spec.id, revision=self.revision, files_metadata=True, token=token,
-                                   timeout=self.timeout.read),
-            "look up",
-        )
+        try:
+            info = self._call(
+                lambda: api.model_info(self.spec.id, revision=self.revision, files_metadata=True, token=token,
+                                       timeout=self.timeout.read),
+                "look up",
+            )
+        except EngineError as exc:
+            # Some servers answer an unknown revision as an unknown repo (olah: 401 RepoNotFound, where
+            # the Hub says 404 RevisionNotFound): ask for the repo itself before saying it is missing.
+            if exc.code != "not_found" or self.revision == "main" or not self._repo_exists(api, token):
+                raise
+            raise EngineError("revision_not_found", f"Revision {self.revision!r} does not exist in {self.spec.id} "
+                                                    "(no such branch, tag or commit).") from None
         if not info.sha:
             raise EngineError("internal", f"The Hub gave no commit for {self.spec.label}; try again later.")
         self.sha = info.sha
@@ -90,13 +98,22 @@ class HubSource(HubHttp, Source):
         config = f"{self.spec.subfolder}/config.json" if self.spec.subfolder else "config.json"
         self.config = self._read_json(config) if config in siblings else None
 
+    def _repo_exists(self, api: HfApi, token: str | None) -> bool:
+        try:
+            # At "main": olah answers /api/models/{repo} without a revision as an unknown repo too.
+            self._call(lambda: api.model_info(self.spec.id, revision="main", token=token, timeout=self.timeout.read),
+                       "look up")
+        except EngineError:
+            return False
+        return True
+
     def _read_header(self, file: str) -> dict[str, TensorInfo]:
         if self.file_sizes.get(file, 8) < 8:
             header_length(b"", file, self.file_sizes[file])  # refuses it as too short, without a request
         prefix, size = self._fetch(file, 0, 8)
         size = size if size is not None else self.file_sizes.get(file)
-        if size is None:
-            raise EngineError("internal", f"{self._where()}: the Hub gave no size for {file}; try again later.")
+        if size is None:  # a server that lists no sizes and answers with whole files (olah)
+            size = self._size_from_head(file)
         self.file_sizes[file] = size
         n = header_length(bytes(prefix), file, size)
         raw, _ = self._fetch(file, 8, 8 + n) if n else (b"", None)
@@ -197,12 +214,14 @@ class HubSource(HubHttp, Source):
     def _coalesce(self, pieces: Sequence[Piece]) -> list["_Run"]:
         """Consecutive pieces whose bytes touch in one file become one request (e.g. runs of norm weights)."""
         runs: list[_Run] = []
+        # A server that ignores ranges streams every read from the file's start: fewer, larger reads.
+        limit = self.prefetch_bytes if self.ranges_ignored else self.request_bytes
         for piece in pieces:
             file = self.tensors[piece.name].file
             begin, end = self.span(piece)
             last = runs[-1] if runs else None
             if last is not None and (
-                begin == end or (last.file == file and last.end == begin and end - last.begin <= self.request_bytes)
+                begin == end or (last.file == file and last.end == begin and end - last.begin <= limit)
             ):
                 last.add(piece, begin if begin != end else last.end, end if begin != end else last.end)
             else:

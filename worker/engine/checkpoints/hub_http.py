@@ -13,6 +13,21 @@ Retry-After (capped at `max_retry_after_s`), and every request of this source to
 host waits for it too; other transient failures back off exponentially; attempts are
 bounded by `retries`. The token goes to the Hub only, never to the storage host.
 
+Servers that are not huggingface.co (self-hosted mirrors such as olah) differ, and each
+difference is met here rather than taken for a network failure:
+- Range ignored (200 and the whole file for `Range: bytes=0-7`): the file is streamed from
+  its start, only [begin, end) kept and the stream closed there, so memory stays at the
+  range asked for; a warning says so once per server (a read then costs its end offset in
+  transfer, so the source merges its reads into fewer, larger ones: `ranges_ignored`).
+- A 206 whose Content-Range covers more than the range asked for: the range is cut out of it
+  (and the stream closed after it); one that does not cover it is refused (retried, then
+  `transient` naming it), never read as if it were the range asked.
+- No file sizes in the file list (`blobs=true` ignored) and none on a whole-file answer
+  (chunked): the size comes from a HEAD (X-Linked-Size or Content-Length); a server that
+  gives it nowhere is refused (`bad_request`), naming what it lacks.
+- A server that answered, on every attempt, with an error or a broken answer is named as
+  such, never as "the network is unavailable".
+
 The endpoint comes from `huggingface_hub.constants.ENDPOINT` (HF_ENDPOINT), read at call
 time. The token lives only in request headers (`_Secret`) and never in an attribute,
 message or log line.
@@ -21,6 +36,8 @@ message or log line.
 from __future__ import annotations
 
 import email.utils
+import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +58,9 @@ from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_st
 
 from worker.engine.checkpoints.sources import SMALL_FILE_LIMIT
 from worker.engine.errors import EngineError
+
+log = logging.getLogger("worker.engine.checkpoints.hub")
+_WARNED_RANGES: set[str] = set()  # endpoints already warned about (once per process)
 
 # Statuses worth retrying: the request may succeed a moment later.
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -101,6 +121,52 @@ class HubHttp:
         headers = build_hf_headers(token=token)
         self._has_token = "authorization" in headers
         self._auth = _Secret(headers)
+        self.ranges_ignored = False  # the server answered a range request with the whole file
+
+    def _ignores_ranges(self, file: str) -> None:
+        if self.ranges_ignored:
+            return
+        self.ranges_ignored = True
+        endpoint = constants.ENDPOINT
+        with self._count_lock:
+            if endpoint in _WARNED_RANGES:
+                return
+            _WARNED_RANGES.add(endpoint)
+        log.warning("The Hub at %s ignores HTTP range requests (it sent all of %s of %s for a range, HTTP 200): "
+                    "reading whole files from their start instead, in bounded memory; this costs more time and "
+                    "transfer than a server with range support.", endpoint, file, self.spec.id)
+
+    def _size_from_head(self, file: str) -> int:
+        """The size of `file` from a HEAD at the pinned commit, for servers that list no sizes."""
+        size = self._call(lambda: self._head_once(file), f"look up the size of {file} of")
+        if size is None:
+            raise EngineError(
+                "bad_request",
+                f"The Hub at {constants.ENDPOINT} gives no size for {file} of {self._where()}: no size in its file "
+                "list, no Content-Range or Content-Length on its answers, none on a HEAD request. Subnetscope needs "
+                "it to check the safetensors header; use a server that sends one of them (huggingface.co does).",
+            )
+        return size
+
+    def _head_once(self, file: str) -> int | None:
+        url = hf_hub_url(self.spec.id, file, revision=self.sha, endpoint=constants.ENDPOINT)
+        hub = _origin(constants.ENDPOINT)
+        session = get_session()
+        for _ in range(5):
+            origin = _origin(url)
+            self._wait_for(origin)
+            headers = {**(self._auth.headers() if origin == hub else {}), "Accept-Encoding": "identity"}
+            response = session.head(url, headers=headers, follow_redirects=False, timeout=self.timeout)
+            linked = response.headers.get("X-Linked-Size", "")
+            if linked.isdigit():
+                return int(linked)
+            if response.has_redirect_location:
+                url = urljoin(url, response.headers["Location"])
+                continue
+            hf_raise_for_status(response)
+            length = response.headers.get("Content-Length", "")
+            return int(length) if length.isdigit() else None
+        raise httpx2.TooManyRedirects(f"too many redirects for {file}")
 
     def _fetch(self, file: str, begin: int | None = None, end: int | None = None, *,
                weights: bool = False) -> tuple[bytearray, int | None]:
@@ -181,17 +247,31 @@ class HubHttp:
                         # Before any other reader of this source can send its next request there.
                         self._hold(origin, _retry_after(response.headers.get("Retry-After")))
                     hf_raise_for_status(response)
-                if begin is not None and response.status_code != 206:
-                    # A server that ignores Range would send the whole shard: refuse to read it.
-                    raise httpx2.RemoteProtocolError(f"expected a partial response (206) for {file}, got {response.status_code}")
-                expected = (end - begin) if begin is not None else None
-                data = _read_body(response, expected, limit=SMALL_FILE_LIMIT if begin is None else None)
-                total = _total_size(response.headers.get("Content-Range"))
+                if begin is not None and response.status_code == 200:
+                    # Range ignored: the whole file comes; keep [begin, end) and hang up there.
+                    self._ignores_ranges(file)
+                    data, received = _read_span(response, begin, end)
+                    length = response.headers.get("Content-Length", "")
+                    total = int(length) if length.isdigit() else None
+                elif begin is not None and response.status_code != 206:
+                    raise httpx2.RemoteProtocolError(
+                        f"HTTP {response.status_code} to a range request for {file} (206 or 200 expected)")
+                elif begin is not None and (first := _covering(response.headers.get("Content-Range"), begin, end,
+                                                               file)) is not None:
+                    # A 206 of a wider range (RFC 9110 lets a server send other ranges than asked; the
+                    # client must read Content-Range): keep what was asked for and hang up after it.
+                    data, received = _read_span(response, begin - first, end - first)
+                    total = _total_size(response.headers.get("Content-Range"))
+                else:
+                    expected = (end - begin) if begin is not None else None
+                    data = _read_body(response, expected, limit=SMALL_FILE_LIMIT if begin is None else None)
+                    received = len(data)
+                    total = _total_size(response.headers.get("Content-Range"))
             # The url that served the bytes serves the next range too: a signed storage url is
             # reused until it expires, so a file costs one /resolve, not one per read.
             self._locations[file] = url
             with self._count_lock:
-                self.bytes_fetched += len(data)
+                self.bytes_fetched += received
             return data, total
         raise httpx2.TooManyRedirects(f"too many redirects for {file}")
 
@@ -214,6 +294,7 @@ class HubHttp:
     def _call(self, fn: Callable, action: str):
         """Run `fn` with retries on transient failures; turn every failure into an EngineError."""
         wait = self.backoff_s
+        answered = False  # the last failure was an answer of the server, not a silence
         for attempt in range(self.retries + 1):
             asked = None  # seconds the server asked us to wait (Retry-After)
             try:
@@ -226,17 +307,26 @@ class HubHttp:
                 status = exc.response.status_code if exc.response is not None else None
                 if status not in RETRY_STATUSES:
                     raise self._error(exc, action) from None
-                last = f"HTTP {status}"
+                last, answered = f"answered HTTP {status}", True
                 if status in RETRY_AFTER_STATUSES:
                     asked = _retry_after(exc.response.headers.get("Retry-After"))
                     if asked is not None:
                         asked = min(asked, self.max_retry_after_s)
                         self._hold(_origin(str(exc.response.url)), asked)  # (model_info's 429s too)
+            except (httpx2.RemoteProtocolError, httpx2.DecodingError, httpx2.TooManyRedirects) as exc:
+                # The server answered, but not as HTTP or the Hub's protocol allow.
+                last, answered = f"answered but broke the protocol: {exc}", True
             except httpx2.HTTPError as exc:
-                last = type(exc).__name__
+                last, answered = type(exc).__name__, False
             if attempt < self.retries:
                 time.sleep(wait if asked is None else asked)
                 wait = min(wait * 2, self.max_backoff_s)
+        if answered:
+            raise EngineError(
+                "transient",
+                f"Could not {action} {self.spec.label}: the Hub at {constants.ENDPOINT} {last} "
+                f"({self.retries + 1} attempts); try again later.",
+            )
         raise EngineError(
             "transient",
             f"Could not {action} {self.spec.label} on the Hugging Face Hub at {constants.ENDPOINT} ({last}, "
@@ -269,6 +359,47 @@ class HubHttp:
         return EngineError("internal", f"The Hub refused to {action} {self.spec.label} (HTTP {status}).")
 
 
+def list_refs(repo: str, token: str | None, *, retries: int = 3, backoff_s: float = 1.0) -> list[tuple]:
+    """(name, ref, commit) of every branch and tag of `repo`, through HfApi.list_repo_refs."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=constants.ENDPOINT)
+    last, answered = "no answer", False
+    for attempt in range(retries + 1):
+        try:
+            refs = api.list_repo_refs(repo, token=token)
+            return ([(b.name, b.ref, b.target_commit) for b in refs.branches]
+                    + [(t.name, t.ref, t.target_commit) for t in refs.tags])
+        except RepositoryNotFoundError:
+            hint = "" if token else " If it is private, pass a Hugging Face token that can read it."
+            raise EngineError("not_found", f"Model {repo} was not found on the Hugging Face Hub.{hint}") from None
+        except GatedRepoError:
+            raise EngineError("gated", f"{repo} is gated: accept its license on https://huggingface.co/{repo}, "
+                                       "then pass a Hugging Face token that can read it.") from None
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            if status not in RETRY_STATUSES:
+                # A mirror may not list refs, or not for this repo (olah offline: 404 "Repository refs
+                # are not cached locally"): say what the server answered, not that the network failed.
+                said = exc.response.headers.get("X-Error-Message") if exc.response is not None else None
+                code = "not_found" if status == 404 else "internal"
+                raise EngineError(code, f"The Hub at {constants.ENDPOINT} did not list the branches and tags of "
+                                        f"{repo} (HTTP {status}{': ' + said if said else ''}); a run of Hub "
+                                        "revisions needs that list.") from None
+            last, answered = f"answered HTTP {status}", True
+        except (httpx2.RemoteProtocolError, httpx2.DecodingError) as exc:
+            last, answered = f"answered but broke the protocol: {exc}", True
+        except httpx2.HTTPError as exc:
+            last, answered = type(exc).__name__, False
+        if attempt < retries:
+            time.sleep(backoff_s * 2 ** attempt)
+    if answered:
+        raise EngineError("transient", f"Could not list the revisions of {repo}: the Hub at {constants.ENDPOINT} "
+                                       f"{last} ({retries + 1} attempts); try again later.")
+    raise EngineError("transient", f"Could not list the revisions of {repo} on the Hugging Face Hub at "
+                                   f"{constants.ENDPOINT} ({last}); try again later.")
+
+
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     return parts.scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(parts.scheme)
@@ -298,6 +429,38 @@ def _total_size(content_range: str | None) -> int | None:
         return None
     total = content_range.rsplit("/", 1)[1].strip()
     return int(total) if total.isdigit() else None
+
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(?:\d+|\*)$")
+
+
+def _covering(content_range: str | None, begin: int, end: int, file: str) -> int | None:
+    """The first byte of a 206 that carries more than [begin, end), None when it carries exactly that
+    (or says nothing: its length is still checked). A range that does not cover [begin, end) is
+    refused, else another range would be read as this one."""
+    if content_range is None:
+        return None
+    match = _CONTENT_RANGE.match(content_range.strip())
+    if not match or int(match.group(1)) > begin or int(match.group(2)) < end - 1:
+        raise httpx2.RemoteProtocolError(
+            f"asked for bytes {begin}-{end - 1} of {file}, the server sent {content_range.strip()!r}")
+    first, last = int(match.group(1)), int(match.group(2))
+    return None if (first, last) == (begin, end - 1) else first
+
+
+def _read_span(response: httpx2.Response, begin: int, end: int) -> tuple[bytearray, int]:
+    """Bytes [begin, end) of a whole-file body, read from its start and left unread after `end`
+    (memory: the span and one chunk); also how many body bytes were received."""
+    data = bytearray(end - begin)
+    position = 0  # file offset of the next chunk
+    for chunk in response.iter_bytes():
+        lo, hi = max(begin, position), min(end, position + len(chunk))
+        if lo < hi:
+            data[lo - begin:hi - begin] = chunk[lo - position:hi - position]
+        position += len(chunk)
+        if position >= end:
+            return data, position
+    raise httpx2.RemoteProtocolError(f"the whole file sent was {position} bytes, bytes up to {end} were needed")
 
 
 def _read_body(response: httpx2.Response, expected: int | None, *, limit: int | None) -> bytearray:

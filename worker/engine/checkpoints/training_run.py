@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,39 +185,11 @@ def _list_hub(run: SourceSpec, revisions: str | None, token: str | None) -> list
     return out
 
 
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+def _hub_refs(repo: str, token: str | None) -> list[tuple]:
+    """(name, ref, commit) of every branch and tag (the HTTP policy is hub_http's)."""
+    from worker.engine.checkpoints.hub_http import list_refs
 
-
-def _hub_refs(repo: str, token: str | None, *, retries: int = 3, backoff_s: float = 1.0) -> list[tuple]:
-    """(name, ref, commit) of every branch and tag, through HfApi.list_repo_refs."""
-    import httpx2
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
-
-    api = HfApi(endpoint=constants.ENDPOINT)
-    last = "no answer"
-    for attempt in range(retries + 1):
-        try:
-            refs = api.list_repo_refs(repo, token=token)
-            return ([(b.name, b.ref, b.target_commit) for b in refs.branches]
-                    + [(t.name, t.ref, t.target_commit) for t in refs.tags])
-        except RepositoryNotFoundError:
-            hint = "" if token else " If it is private, pass a Hugging Face token that can read it."
-            raise EngineError("not_found", f"Model {repo} was not found on the Hugging Face Hub.{hint}") from None
-        except GatedRepoError:
-            raise EngineError("gated", f"{repo} is gated: accept its license on https://huggingface.co/{repo}, "
-                                       "then pass a Hugging Face token that can read it.") from None
-        except HfHubHTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else None
-            if status not in RETRY_STATUSES:
-                raise EngineError("internal", f"The Hub refused to list the revisions of {repo} (HTTP {status}).") from None
-            last = f"HTTP {status}"
-        except httpx2.HTTPError as exc:
-            last = type(exc).__name__
-        if attempt < retries:
-            time.sleep(backoff_s * 2 ** attempt)
-    raise EngineError("transient", f"Could not list the revisions of {repo} on the Hugging Face Hub at "
-                                   f"{constants.ENDPOINT} ({last}); try again later.")
+    return list_refs(repo, token)
 
 
 def _cached_refs(repo: str) -> list[tuple]:

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 
 from worker.engine.kernel import numba_backend, svd_phase
@@ -27,6 +28,7 @@ from worker.engine.kernel.bins import (
     curve_counts,
 )
 from worker.engine.kernel.torch_backend import TorchBackend
+from worker.engine.precision import tensor_precision
 from worker.engine.tolerance import Tolerance, tolerance_key
 
 __all__ = ["CURVE_TOLERANCES", "EXACT_TOLERANCES", "ULP_BUCKETS", "Kernel", "PieceStats", "TensorAccumulator",
@@ -56,6 +58,13 @@ class TensorAccumulator:
     rank_rows: list[torch.Tensor] = field(default_factory=list)
     want_geometry: bool = False
     geometry_rows: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (base, tuned) float32
+    # The precision view (bins.py): sums of the pieces' arrays; None until the first piece brings them.
+    cf_kinds: int = 0
+    mag_compared: np.ndarray | None = None
+    mag_joint: np.ndarray | None = None
+    counterfactual: np.ndarray | None = None
+    dot: float = 0.0
+    tuned_sq: float = 0.0
 
 
 class Kernel:
@@ -86,8 +95,10 @@ class Kernel:
         self.keep_masks = True
 
     def start(self, name: str, shape: tuple[int, ...], compare_dtype: torch.dtype, want_rank: bool,
-              want_geometry: bool = False) -> TensorAccumulator:
-        acc = TensorAccumulator(name, tuple(shape), compare_dtype, want_rank, want_geometry=want_geometry)
+              want_geometry: bool = False, cf_kinds: int = 0) -> TensorAccumulator:
+        """`cf_kinds`: how many storage counterfactuals (bins.counterfactual_kinds) the tensor gets."""
+        acc = TensorAccumulator(name, tuple(shape), compare_dtype, want_rank, want_geometry=want_geometry,
+                                cf_kinds=cf_kinds)
         acc.curve = torch.zeros(NBINS * 2, dtype=torch.int64)
         acc.ulp = torch.zeros(ULP_BUCKETS, dtype=torch.int64)
         if len(shape) == 2:
@@ -95,7 +106,7 @@ class Kernel:
         return acc
 
     def measure(self, base: torch.Tensor, tuned: torch.Tensor, compare_dtype: torch.dtype,
-                cols: int | None, want_rank: bool, want_geometry: bool = False) -> PieceStats:
+                cols: int | None, want_rank: bool, want_geometry: bool = False, cf_kinds: int = 0) -> PieceStats:
         """Statistics of one piece (1-D, same length; whole rows of `cols` for matrices).
 
         Pure: touches no accumulator, so pieces may be measured on several threads.
@@ -112,17 +123,17 @@ class Kernel:
         if tuned.dtype != compare_dtype:
             tuned = tuned.to(compare_dtype)
         # with geometry, the SVD phase takes Delta from geometry's rows: no third copy kept
-        stats = self._measure(base, tuned, compare_dtype, cols, want_rank and not want_geometry)
+        stats = self._measure(base, tuned, compare_dtype, cols, want_rank and not want_geometry, cf_kinds)
         if want_geometry and cols:  # a copy: the source may reuse or unmap its buffers after release
             # 16-bit rows stay 16-bit (half the memory; the SVD phase widens a block at a time), others float32
             keep = base.dtype if base.dtype in (torch.bfloat16, torch.float16) else torch.float32
             stats.geometry_rows = tuple(x.to("cpu", keep, copy=True).view(-1, cols) for x in (base, tuned))
         return stats
 
-    def _measure(self, base, tuned, compare_dtype, cols, want_rank) -> PieceStats:
+    def _measure(self, base, tuned, compare_dtype, cols, want_rank, cf_kinds=0) -> PieceStats:
         if self._numba is not None and compare_dtype in numba_backend.SUPPORTED:
-            return self._numba.measure(base, tuned, compare_dtype, cols, want_rank, self.keep_masks)
-        return self._torch.measure(base, tuned, compare_dtype, cols, want_rank, self.keep_masks)
+            return self._numba.measure(base, tuned, compare_dtype, cols, want_rank, self.keep_masks, cf_kinds)
+        return self._torch.measure(base, tuned, compare_dtype, cols, want_rank, self.keep_masks, cf_kinds)
 
     def fold(self, acc: TensorAccumulator, piece: PieceStats) -> None:
         acc.curve += piece.curve
@@ -141,6 +152,17 @@ class Kernel:
             acc.rank_rows.append(piece.delta_rows)
         if piece.geometry_rows is not None:
             acc.geometry_rows.append(piece.geometry_rows)
+        if piece.mag_compared is not None:
+            if acc.mag_compared is None:
+                acc.mag_compared = piece.mag_compared.astype(np.int64)
+                acc.mag_joint = piece.mag_joint.astype(np.int64)
+                acc.counterfactual = piece.counterfactual.astype(np.int64)
+            else:
+                acc.mag_compared += piece.mag_compared
+                acc.mag_joint += piece.mag_joint
+                acc.counterfactual += piece.counterfactual
+            acc.dot += piece.dot
+            acc.tuned_sq += piece.tuned_sq
 
     def finish(self, acc: TensorAccumulator) -> dict:
         curve = acc.curve.numpy()
@@ -167,6 +189,7 @@ class Kernel:
             "rank_f64": None,  # metrics.md's float64 numerical rank
             "rank_f64_ratio": None,
             "geometry": None,
+            **tensor_precision(acc, self.exact),
         }
         if (acc.want_rank or acc.want_geometry) and two_d and acc.numel:
             record.update(svd_phase.finish_svds(acc, self.device))

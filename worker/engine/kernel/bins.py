@@ -122,4 +122,88 @@ class PieceStats:
     # (base rows, tuned rows) as float32 on the CPU, for geometry: exact for every compared dtype
     geometry_rows: tuple[torch.Tensor, torch.Tensor] | None = None
     chosen_changed: int | None = None  # count of `mask` (given when the mask is not kept)
+    # The precision view (numpy): compared per magnitude bin (MAG_BINS); elements per (magnitude
+    # bin, ratio bucket or NO_RATIO, tolerance class), where only cells of a bucket < NO_RATIO or a
+    # class > 0 are defined (the rest hold what a backend happened to visit); counterfactual
+    # classes per applicable storage dtype; float64 sums for the cosine.
+    mag_compared: np.ndarray | None = None
+    mag_joint: np.ndarray | None = None
+    counterfactual: np.ndarray | None = None
+    dot: float = 0.0
+    tuned_sq: float = 0.0
 
+
+# --- the precision view (metrics.md, "Precision and magnitude") ------------------------------
+
+# Magnitude bins of |w_base| in the compared dtype: 0 zero, 1 subnormal, 2..255 the binary
+# exponent e = floor(log2 |w|) at bin e + MAG_OFFSET (e in [-126, 127] covers every normal
+# value of every supported dtype), 256 inf or NaN.
+MAG_BINS = 257
+MAG_ZERO, MAG_SUBNORMAL, MAG_NONFINITE = 0, 1, 256
+MAG_OFFSET = 128
+# Ratio buckets of |Delta| / spacing(w_base), spacing = 2^(max(e, emin) - mantissa bits): bucket k
+# holds ratios in (2^(k-1), 2^k], bucket 0 ratios <= 1 (one step or less), as the ULP buckets.
+RATIO_BUCKETS = 33
+NO_RATIO = RATIO_BUCKETS  # equal values and NaN
+
+# (mantissa bits, smallest normal exponent, exponent bias, raw bits) of each compared dtype
+FORMATS = {
+    torch.bfloat16: (7, -126, 127, 16),
+    torch.float16: (10, -14, 15, 16),
+    torch.float32: (23, -126, 127, 32),
+    torch.float8_e4m3fn: (3, -6, 7, 8),
+    torch.float8_e5m2: (2, -14, 15, 8),
+}
+# The storage counterfactuals, in the order the kernels count them.
+COUNTERFACTUALS = ("bfloat16", "float16")
+_WIDER = {torch.float32: 2, torch.float16: 1}
+
+
+def counterfactual_kinds(base_dtype: torch.dtype, tuned_dtype: torch.dtype) -> int:
+    """How many of COUNTERFACTUALS apply to a pair stored in these dtypes: both sides wider than
+    bf16 (fp32, or fp16 against fp16/fp32) get bf16; both fp32 get fp16 as well."""
+    return min(_WIDER.get(base_dtype, 0), _WIDER.get(tuned_dtype, 0))
+
+
+def magnitude_label(k: int) -> str:
+    if k == MAG_ZERO:
+        return "0"
+    if k == MAG_SUBNORMAL:
+        return "subnormal"
+    if k == MAG_NONFINITE:
+        return "inf/nan"
+    return f"2^{k - MAG_OFFSET}"
+
+
+def class_table(thresholds: Thresholds) -> np.ndarray:
+    """Tolerance class of each (curve bin, refine bit) and of the spare pair after them: the number
+    of exact tolerances t with |Delta| > t, so changed(t_j) is the count of classes > j."""
+    below = np.zeros(NBINS, np.int64)  # exact tolerances in lower bins
+    own = np.zeros(NBINS, np.int64)  # 1 where a tolerance lies in the bin
+    for t in thresholds.exact:
+        below[thresholds.bin[t] + 1:] += 1
+        own[thresholds.bin[t]] = 1
+    table = np.zeros(2 * NBINS + 2, np.int64)
+    table[0:2 * NBINS:2] = below
+    table[1:2 * NBINS:2] = below + own
+    return table
+
+
+def fold_keys(keys: np.ndarray, dtype: torch.dtype, zeros: int, nans: int) -> np.ndarray:
+    """Compared elements per magnitude bin from counts per raw key (sign and exponent bits),
+    the count of zeros and (for e4m3fn, whose NaN shares the top exponent) of NaNs."""
+    mbits, _, bias, width = FORMATS[dtype]
+    ebits = width - 1 - mbits
+    out = np.zeros(MAG_BINS, np.int64)
+    per_exp = keys.reshape(2, 1 << ebits).sum(axis=0)  # both signs
+    top = (1 << ebits) - 1
+    out[MAG_ZERO] = zeros
+    out[MAG_SUBNORMAL] = per_exp[0] - zeros
+    normal = np.arange(1, top if dtype != torch.float8_e4m3fn else top + 1)
+    out[normal - bias + MAG_OFFSET] = per_exp[normal]
+    if dtype == torch.float8_e4m3fn:
+        out[top - bias + MAG_OFFSET] -= nans
+        out[MAG_NONFINITE] = nans
+    else:
+        out[MAG_NONFINITE] = per_exp[top]
+    return out

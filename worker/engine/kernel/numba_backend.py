@@ -35,14 +35,23 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
-from llvmlite import binding as _llvm
-from llvmlite import ir
-from numba import types
-from numba.core import cgutils
 from numba.cpython.unsafe.numbers import leading_zeros
-from numba.extending import intrinsic
 
-from worker.engine.kernel.bins import NO_ULP, ULP_BUCKETS, WIDE_BIN_OFFSET, PieceStats, Thresholds
+from worker.engine.kernel import numba_precision as precision
+from worker.engine.kernel.avx512 import compress16 as _compress16
+from worker.engine.kernel.avx512 import has_compress as _has_compress
+from worker.engine.kernel.bins import (
+    FORMATS,
+    MAG_BINS,
+    NO_RATIO,
+    NO_ULP,
+    ULP_BUCKETS,
+    WIDE_BIN_OFFSET,
+    PieceStats,
+    Thresholds,
+    class_table,
+    fold_keys,
+)
 
 # Raw-bit integer dtype and sign bit for each supported compare dtype.
 _RAW = {
@@ -60,16 +69,6 @@ CHUNK = 1024
 
 _TABLES: dict[torch.dtype, np.ndarray] = {}
 _DUMMY_TABLE = np.zeros(1, np.float32)
-
-
-def _has_compress() -> bool:
-    """AVX-512 compress stores for 8-, 16- and 32-bit lanes (VBMI2 for the narrow ones).
-    Without them LLVM would expand a compress store lane by lane: the plain loop is faster."""
-    try:
-        features = _llvm.get_host_cpu_features()
-    except RuntimeError:
-        return False
-    return all(features.get(f, False) for f in ("avx512f", "avx512vl", "avx512bw", "avx512vbmi2"))
 
 
 _COMPRESS = _has_compress()
@@ -92,42 +91,6 @@ def _table(dtype: torch.dtype) -> np.ndarray:
 _FAST = {"reassoc", "contract"}
 
 
-@intrinsic
-def _compress16(typingctx, dst, m, src, ne, o):
-    """dst[m:] <- the elements k of src[o:o+16] with ne[o+k] (src None: the positions o+k);
-    their count. One AVX-512 compress store; dst's dtype (as wide as src's) sets the lanes."""
-    sig = types.int64(dst, m, src, ne, o)
-    iota = isinstance(src, types.NoneType)
-
-    def codegen(context, builder, signature, args):
-        dst_v, m_v, src_v, ne_v, o_v = args
-        elt = context.get_data_type(signature.args[0].dtype)
-        lanes = ir.VectorType(elt, 16)
-        bytes16 = ir.VectorType(ir.IntType(8), 16)
-        ne_arr = context.make_array(signature.args[3])(context, builder, ne_v)
-        flags = builder.load(builder.bitcast(builder.gep(ne_arr.data, [o_v]), bytes16.as_pointer()), align=1)
-        mask = builder.icmp_unsigned("!=", flags, ir.Constant(bytes16, None))
-        if iota:
-            first = builder.trunc(o_v, elt) if elt.width < 64 else o_v
-            one = builder.insert_element(ir.Constant(lanes, ir.Undefined), first, ir.Constant(ir.IntType(32), 0))
-            splat = builder.shuffle_vector(one, ir.Constant(lanes, ir.Undefined),
-                                           ir.Constant(ir.VectorType(ir.IntType(32), 16), None))
-            values = builder.add(splat, ir.Constant(lanes, list(range(16))))
-        else:
-            src_arr = context.make_array(signature.args[2])(context, builder, src_v)
-            values = builder.load(builder.bitcast(builder.gep(src_arr.data, [o_v]), lanes.as_pointer()), align=1)
-        dst_arr = context.make_array(signature.args[0])(context, builder, dst_v)
-        store = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [lanes, elt.as_pointer(), ir.VectorType(ir.IntType(1), 16)]),
-            f"llvm.masked.compressstore.v16i{elt.width}")
-        builder.call(store, [values, builder.gep(dst_arr.data, [m_v]), mask])
-        popcount = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.IntType(16), [ir.IntType(16)]), "llvm.ctpop.i16")
-        return builder.zext(builder.call(popcount, [builder.bitcast(mask, ir.IntType(16))]), ir.IntType(64))
-
-    return sig, codegen
-
-
 @numba.njit(nogil=True, cache=True, inline="always")
 def _value(r, table, kind):
     """float64 value (exact) of the raw pattern r."""
@@ -141,10 +104,11 @@ def _value(r, table, kind):
 @numba.njit(nogil=True, cache=True, fastmath=_FAST)
 def _scan(b, u, ne, table, kind):
     """One read of the chunk: (sum of v^2 over the base's non-NaN values v, the base's NaN
-    count, count of ne[i] = the bits of b[i] and u[i] differ)."""
+    count, count of ne[i] = the bits of b[i] and u[i] differ, the base's zeros)."""
     s = 0.0
     nans = 0
     count = 0
+    zeros = 0
     if kind == _BF16:
         for i in range(b.shape[0]):
             r = np.uint32(b[i])
@@ -152,6 +116,7 @@ def _scan(b, u, ne, table, kind):
             bad = (r & np.uint32(0x7FFF)) > np.uint32(0x7F80)
             s += 0.0 if bad else v * v
             nans += bad
+            zeros += (r & np.uint32(0x7FFF)) == 0
             d = b[i] != u[i]
             ne[i] = d
             count += d
@@ -162,6 +127,7 @@ def _scan(b, u, ne, table, kind):
             bad = (r & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
             s += 0.0 if bad else v * v
             nans += bad
+            zeros += (r & np.uint32(0x7FFFFFFF)) == 0
             d = b[i] != u[i]
             ne[i] = d
             count += d
@@ -171,10 +137,11 @@ def _scan(b, u, ne, table, kind):
             bad = v != v
             s += 0.0 if bad else v * v
             nans += bad
+            zeros += v == 0.0
             d = b[i] != u[i]
             ne[i] = d
             count += d
-    return s, nans, count
+    return s, nans, count, zeros
 
 
 @numba.njit(nogil=True, cache=True)
@@ -309,11 +276,16 @@ def _classify(cb, cu, vb, vu, m, shift, nan_bin, chosen, bins, ads, ub, fl):
 
 @numba.njit(nogil=True, cache=True, fastmath=_FAST)
 def _measure(b_raw, u_raw, table, kind, shift, lut, nan_bin, chosen, cols, curve, ulp, mask, want_mask, col_flags,
-             compress):
+             compress, mbits, emin, keys, cls, ncls, magcls, cf_kinds, cf):
     """Fold one piece into `curve` (2 nbins + 1 counts: (bin, refine bit) pairs and a spare
     slot), `ulp` (buckets and a spare slot), `mask` (when `want_mask`) and `col_flags`.
     `lut` is the tolerance of each curve bin, +inf for none and for the spare bin.
-    Returns (nan, delta_sq, base_sq, max_abs, rows_touched, chosen_changed).
+    The precision view (numba_precision.py): `keys` counts every base element by its raw
+    sign+exponent bits (>> mbits), `magcls` the differing ones by (magnitude bin, ratio bucket,
+    tolerance class `cls` of (bin, refine bit)), `cf` their classes in the storage
+    counterfactuals (`cf_kinds` of them).
+    Returns (nan, delta_sq, base_sq, max_abs, rows_touched, chosen_changed, base zeros, base
+    NaNs, sum b u, sum b^2, sum u^2 over the differing elements).
     """
     n = b_raw.shape[0]
     nan = 0
@@ -338,11 +310,20 @@ def _measure(b_raw, u_raw, table, kind, shift, lut, nan_bin, chosen, cols, curve
     fl = np.empty(CHUNK, np.bool_)
     vb = np.empty(CHUNK, np.float32)
     vu = np.empty(CHUNK, np.float32)
+    joint = np.empty(CHUNK, np.int64)
+    zeros = 0
+    nans_base = 0
+    bu = 0.0
+    bb = 0.0
+    uu = 0.0
     for start in range(0, n, CHUNK):
         b = b_raw[start:start + CHUNK]
         u = u_raw[start:start + CHUNK]
-        s, base_nans, count = _scan(b, u, ne, table, kind)
+        s, base_nans, count, z = _scan(b, u, ne, table, kind)
         base_sq += s
+        zeros += z
+        nans_base += base_nans
+        precision.key_histogram(b, keys, mbits)
         if base_nans:
             count = _mark_nan(b, ne, table, kind)
         if count == 0:
@@ -355,10 +336,18 @@ def _measure(b_raw, u_raw, table, kind, shift, lut, nan_bin, chosen, cols, curve
         nan += nn
         differ += df
         chosen_changed += cc
+        pbu, pbb, puu = precision.classify(vb, vu, ads, m, mbits, emin, joint)
+        bu += pbu
+        bb += pbb
+        uu += puu
         for p in range(m):
             k = bins[p]
-            curve[2 * k + (not ads[p] <= lut[k])] += 1  # NaN is refined (above +inf), as on the torch path
+            r = 2 * k + (not ads[p] <= lut[k])  # NaN is refined (above +inf), as on the torch path
+            curve[r] += 1
             ulp[ub[p]] += 1
+            magcls[joint[p] * ncls + cls[r]] += 1  # (magnitude bin, ratio bucket, tolerance class)
+        if cf_kinds:
+            precision.counterfactual(vb, vu, m, cf_kinds, lut, cls, nan_bin, cf, ncls)
         if cc == 0:
             continue
         if cols > 0:
@@ -382,7 +371,8 @@ def _measure(b_raw, u_raw, table, kind, shift, lut, nan_bin, chosen, cols, curve
     if cols > 0:
         rows_touched += row_hit
     curve[0] += n - differ
-    return nan, delta_sq, base_sq, np.int64(max_bits).view(np.float64), rows_touched, chosen_changed
+    return (nan, delta_sq, base_sq, np.int64(max_bits).view(np.float64), rows_touched, chosen_changed, zeros,
+            nans_base, bu, bb, uu)
 
 
 def _with_spare(lut: np.ndarray) -> np.ndarray:
@@ -400,11 +390,14 @@ _SPARE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
 def measure_cpu(base: torch.Tensor, tuned: torch.Tensor, dtype: torch.dtype, cols: int | None,
-                lut: np.ndarray, chosen: float, want_mask: bool = True):
+                lut: np.ndarray, chosen: float, want_mask: bool = True, cls: np.ndarray | None = None,
+                cf_kinds: int = 0):
     """Run the fused pass on CPU tensors already in `dtype`; numpy outputs and scalars.
 
     Returns (curve, ulp, mask or None, col_flags, (nan, delta_sq, base_sq, max_abs,
-    rows_touched, chosen_changed)); curve holds (bin, refine bit) pairs, as the torch path counts them.
+    rows_touched, chosen_changed), precision): curve holds (bin, refine bit) pairs, as the torch
+    path counts them; precision is (compared per magnitude bin, the differing elements per
+    (bin, ratio bucket, tolerance class), counterfactual classes, dot, tuned_sq).
     """
     n = base.numel()
     nbins = lut.shape[0]
@@ -419,13 +412,28 @@ def measure_cpu(base: torch.Tensor, tuned: torch.Tensor, dtype: torch.dtype, col
         b_raw = base.view(view).numpy().view(raw)
         u_raw = tuned.view(view).numpy().view(raw)
         table, kind = (_DUMMY_TABLE, _BF16) if dtype == torch.bfloat16 else (_table(dtype), _BY_TABLE)
+    if cls is None:
+        cls = np.zeros(2 * nbins + 2, np.int64)
+    ncls = int(cls.max()) + 1
+    mbits, emin, _, width = FORMATS[dtype]
     curve = np.zeros(2 * nbins + 1, np.int64)
     ulp = np.zeros(ULP_BUCKETS + 1, np.int64)
     mask = np.zeros(n if want_mask else 1, np.uint8)
     col_flags = np.zeros(cols or 1, np.uint8)
+    keys = np.zeros((8, 1 << (width - mbits)), np.uint32)  # a piece has fewer than 2^32 elements
+    magcls = np.zeros(MAG_BINS * (NO_RATIO + 1) * ncls, np.uint32)
+    cf = np.zeros(2 * ncls, np.int64)
     out = _measure(b_raw, u_raw, table, kind, shift, _with_spare(lut), nbins - 1, chosen, cols or 0,
-                   curve, ulp, mask, want_mask, col_flags, _COMPRESS)
-    return curve[:-1], ulp[:-1], mask.view(np.bool_) if want_mask else None, col_flags.view(np.bool_), out
+                   curve, ulp, mask, want_mask, col_flags, _COMPRESS, mbits, emin, keys, cls, ncls, magcls,
+                   cf_kinds, cf)
+    nan, delta_sq, base_sq, max_abs, rows_touched, chosen_changed, zeros, nans_base, bu, bb, uu = out
+    compared = fold_keys(keys.sum(axis=0, dtype=np.int64), dtype, zeros, nans_base)
+    # Equal bits are equal values: b u = b^2 = u^2 there, so the differing elements' sums correct base_sq.
+    equal_sq = base_sq - bb
+    precision = (compared, magcls.reshape(MAG_BINS, NO_RATIO + 1, ncls), cf.reshape(2, ncls)[:cf_kinds],
+                 equal_sq + bu, equal_sq + uu)
+    return (curve[:-1], ulp[:-1], mask.view(np.bool_) if want_mask else None, col_flags.view(np.bool_),
+            (nan, delta_sq, base_sq, max_abs, rows_touched, chosen_changed), precision)
 
 
 class NumbaBackend:
@@ -433,18 +441,23 @@ class NumbaBackend:
 
     def __init__(self, thresholds: Thresholds, chosen: float):
         self._lut = thresholds.values
+        self._cls = class_table(thresholds)
         self.chosen = float(chosen)
 
-    def measure(self, base, tuned, compare_dtype, cols, want_rank, keep_masks=True) -> PieceStats:
-        curve, ulp, mask, col_flags, out = measure_cpu(
-            base.contiguous(), tuned.contiguous(), compare_dtype, cols, self._lut, self.chosen, keep_masks)
+    def measure(self, base, tuned, compare_dtype, cols, want_rank, keep_masks=True, cf_kinds=0) -> PieceStats:
+        curve, ulp, mask, col_flags, out, prec = measure_cpu(
+            base.contiguous(), tuned.contiguous(), compare_dtype, cols, self._lut, self.chosen, keep_masks,
+            self._cls, cf_kinds)
         nan, delta_sq, base_sq, max_abs, rows_touched, chosen_changed = out
+        compared, joint, cf, dot, tuned_sq = prec
         stats = PieceStats(
             curve=torch.from_numpy(curve), ulp=torch.from_numpy(ulp),
             mask=torch.from_numpy(mask) if mask is not None else None,
             numel=base.numel(), nan=nan, delta_sq=delta_sq, base_sq=base_sq, max_abs=max_abs,
             rows_touched=rows_touched, cols_touched=torch.from_numpy(col_flags) if cols else None,
             chosen_changed=chosen_changed,
+            mag_compared=compared, mag_joint=joint, counterfactual=cf,
+            dot=dot, tuned_sq=tuned_sq,
         )
         if want_rank and cols:
             delta = tuned.double() - base.double()

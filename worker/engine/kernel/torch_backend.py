@@ -16,7 +16,22 @@ import math
 
 import torch
 
-from worker.engine.kernel.bins import NBINS, NO_ULP, ULP_BUCKETS, WIDE_BIN_OFFSET, PieceStats, Thresholds
+from worker.engine.kernel.bins import (
+    FORMATS,
+    MAG_BINS,
+    MAG_NONFINITE,
+    MAG_OFFSET,
+    MAG_SUBNORMAL,
+    MAG_ZERO,
+    NBINS,
+    NO_ULP,
+    RATIO_BUCKETS,
+    ULP_BUCKETS,
+    WIDE_BIN_OFFSET,
+    PieceStats,
+    Thresholds,
+    class_table,
+)
 
 _JOINT = NBINS * 2 * (ULP_BUCKETS + 1)
 
@@ -39,22 +54,24 @@ class TorchBackend:
         self.device = device
         self._lut64 = torch.from_numpy(thresholds.bits).to(device)
         self._chosen64 = chosen_bits
+        self._cls = torch.from_numpy(class_table(thresholds)).to(device)
+        self._ncls = len(thresholds.exact) + 1
 
-    def measure(self, base, tuned, compare_dtype, cols, want_rank, keep_masks=True) -> PieceStats:
+    def measure(self, base, tuned, compare_dtype, cols, want_rank, keep_masks=True, cf_kinds=0) -> PieceStats:
         """`base` and `tuned` already on the device, in compare_dtype."""
         n = base.numel()
         # float64 holds every supported value and every difference of two exactly.
         b = base.to(torch.float64)
         u = tuned.to(torch.float64)
         delta = u - b
-        counts, bits = self._histogram(delta, base, tuned, compare_dtype)
+        counts, bits, pair = self._histogram(delta, base, tuned, compare_dtype)
         grid = counts.view(NBINS, 2, ULP_BUCKETS + 1)
         nan = int(grid[NBINS - 1, 1].sum())
         if nan:
             # Equal infinities subtract to NaN but are unchanged; only a real NaN is NaN.
             real_nan = torch.isnan(b) | torch.isnan(u)
             delta = torch.where((b == u) & ~real_nan, torch.zeros_like(delta), delta)
-            counts, bits = self._histogram(delta, base, tuned, compare_dtype, nan_mask=torch.isnan(delta))
+            counts, bits, pair = self._histogram(delta, base, tuned, compare_dtype, nan_mask=torch.isnan(delta))
             nan = int(torch.count_nonzero(real_nan))
         mask = bits > self._chosen64
         absd = bits.view(torch.float64)
@@ -79,18 +96,59 @@ class TorchBackend:
         if want_rank and cols:
             stats.delta_rows = torch.nan_to_num(delta).float().view(-1, cols).cpu()
         stats.mask = mask.cpu()
+        if compare_dtype in FORMATS:
+            self._precision(stats, base, tuned, b, u, delta, bits, pair, compare_dtype, cf_kinds)
         return stats
 
-    def _histogram(self, delta, base, tuned, dtype, nan_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(joint counts of this piece, bit patterns of the float64 |delta|)."""
+    def _class(self, delta: torch.Tensor) -> torch.Tensor:
+        """Tolerance class (bins.class_table) of each float64 |delta|; NaN in the top class."""
+        bits = delta.abs().view(torch.int64)
+        bins = ((bits >> 49) - WIDE_BIN_OFFSET).clamp_(0, NBINS - 1)
+        return self._cls[bins * 2 + (bits > self._lut64[bins])]
+
+    def _precision(self, stats, base, tuned, b, u, delta, bits, pair, dtype, cf_kinds) -> None:
+        """The precision view of a piece (bins.py, numba_precision.py): magnitude bins of the base,
+        changed per (bin, class) and (bin, ratio bucket), storage counterfactuals, cosine sums."""
+        mbits, emin, _, _ = FORMATS[dtype]
+        eb = ((b.abs().view(torch.int64) >> 52) & 0x7FF) - 1023
+        mag = eb + MAG_OFFSET
+        mag = torch.where(eb < emin, MAG_SUBNORMAL, mag)
+        mag = torch.where(b == 0, MAG_ZERO, mag)
+        mag = torch.where(eb == 1024, MAG_NONFINITE, mag)
+        ncls = self._ncls
+        cls = self._cls[pair]
+        stats.mag_compared = torch.bincount(mag, minlength=MAG_BINS).cpu().numpy()
+        moved = (delta != 0) & ~torch.isnan(delta)
+        up = (bits & 0xFFFFFFFFFFFFF) != 0
+        ratio = (((bits >> 52) & 0x7FF) - 1023 + up - (torch.clamp(eb, min=emin) - mbits)).clamp_(0, RATIO_BUCKETS - 1)
+        ratio = torch.where(moved, ratio, RATIO_BUCKETS)  # NO_RATIO: equal values and NaN
+        key = (mag * (RATIO_BUCKETS + 1) + ratio) * ncls + cls
+        stats.mag_joint = torch.bincount(key, minlength=MAG_BINS * (RATIO_BUCKETS + 1) * ncls).view(
+            MAG_BINS, RATIO_BUCKETS + 1, ncls).cpu().numpy()
+        cf = []
+        for narrow in (torch.bfloat16, torch.float16)[:cf_kinds]:
+            rb, ru = base.to(narrow).double(), tuned.to(narrow).double()
+            d = torch.where(rb == ru, 0.0, ru - rb)  # equal infinities are unchanged
+            cf.append(torch.bincount(self._class(d), minlength=ncls))
+        stats.counterfactual = torch.stack(cf).cpu().numpy() if cf else torch.zeros((0, ncls), dtype=torch.int64).numpy()
+        if cf_kinds:
+            stats.counterfactual[:, 0] = 0
+        b0 = torch.nan_to_num(b, nan=0.0, posinf=math.inf, neginf=-math.inf)
+        u0 = torch.nan_to_num(u, nan=0.0, posinf=math.inf, neginf=-math.inf)
+        stats.dot = float(torch.dot(b0, u0))
+        stats.tuned_sq = float(torch.dot(u0, u0))
+
+    def _histogram(self, delta, base, tuned, dtype, nan_mask=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(joint counts of this piece, bit patterns of the float64 |delta|, its (curve bin, refine bit))."""
         bits = delta.abs().view(torch.int64)
         bins = ((bits >> 49) - WIDE_BIN_OFFSET).clamp_(0, NBINS - 1)
         refine = bits > self._lut64[bins]
         ulp = ulp_bucket(base, tuned, dtype)
         if nan_mask is not None:
             ulp = ulp.masked_fill_(nan_mask, NO_ULP)
-        key = (bins * 2 + refine) * (ULP_BUCKETS + 1) + ulp
-        return torch.bincount(key, minlength=_JOINT), bits
+        pair = bins * 2 + refine
+        key = pair * (ULP_BUCKETS + 1) + ulp
+        return torch.bincount(key, minlength=_JOINT), bits, pair
 
 
 def ulp_bucket(base: torch.Tensor, tuned: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

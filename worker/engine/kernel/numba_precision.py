@@ -1,0 +1,99 @@
+"""The precision view's loops of the numba backend (metrics.md, "Precision and magnitude").
+
+Called from `numba_backend._measure`, chunk by chunk, inside the same single pass:
+
+- `key_histogram`: every base element by its raw sign+exponent bits (bits >> mantissa bits):
+  one shift and one increment per element, the only per-element work this view adds;
+  `bins.fold_keys` turns it into compared elements per magnitude bin;
+- `classify`: for the elements whose bits differ only (as the rest of the kernel), the
+  base's magnitude bin, the ratio bucket of |Delta| / spacing(base) and the float64
+  sums the cosine needs;
+- `counterfactual`: for pairs wider than bf16, the same elements rounded to bf16 (and to
+  fp16 for fp32 pairs), round to nearest even, and their tolerance class.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from worker.engine.kernel.bins import MAG_NONFINITE, MAG_OFFSET, MAG_SUBNORMAL, NO_RATIO, WIDE_BIN_OFFSET
+
+_FAST = {"reassoc", "contract"}
+
+
+@numba.njit(nogil=True, cache=True)
+def key_histogram(b, hist, shift):
+    """hist[j, b[i] >> shift] += 1 over the chunk, j = i % 8 (b: raw unsigned patterns; hist uint32 [8, keys]).
+    Eight sub-histograms: most weights share a few exponents, and increments of one counter in a row
+    would wait on each other's stores."""
+    s = np.uint32(shift)
+    n = b.shape[0] // 8 * 8
+    for i in range(0, n, 8):
+        for j in range(8):
+            hist[j, np.uint32(b[i + j]) >> s] += 1
+    for i in range(n, b.shape[0]):
+        hist[0, np.uint32(b[i]) >> s] += 1
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FAST)
+def classify(vb, vu, ads, m, mbits, emin, joint):
+    """Per marked element p < m: joint[p] = its magnitude bin x (NO_RATIO + 1) + the ratio bucket of
+    |Delta| / spacing(base) (NO_RATIO where the values are equal or NaN), and (sum b u, sum b^2,
+    sum u^2) over them, NaN terms left out (every product is exact in float64; only the order of
+    additions differs)."""
+    bu = 0.0
+    bb = 0.0
+    uu = 0.0
+    for p in range(m):
+        bv = np.float64(vb[p])
+        uv = np.float64(vu[p])
+        nb = bv != bv
+        nu = uv != uv
+        bb += 0.0 if nb else bv * bv
+        uu += 0.0 if nu else uv * uv
+        bu += 0.0 if (nb or nu) else bv * uv
+        eb = ((np.float64(abs(bv)).view(np.int64) >> 52) & 0x7FF) - 1023  # floor(log2 |b|) for normal values
+        k = eb + MAG_OFFSET
+        k = MAG_SUBNORMAL if eb < emin else k
+        k = 0 if bv == 0.0 else k
+        k = MAG_NONFINITE if eb == 1024 else k
+        # ceil(log2 |Delta|) minus the exponent of the base's spacing 2^(max(e, emin) - mbits)
+        bits = np.float64(ads[p]).view(np.int64)
+        up = (bits & 0xFFFFFFFFFFFFF) != 0
+        c = ((bits >> 52) - 1023) + up - (max(eb, emin) - mbits)
+        c = min(max(c, 0), 32)
+        ok = not (uv == bv or nb or nu)
+        joint[p] = k * (NO_RATIO + 1) + (c if ok else NO_RATIO)
+    return bu, bb, uu
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _round(v, mbits, emin, largest):
+    """v (float64, a float32 value) rounded to a float with mbits mantissa bits and smallest normal
+    exponent emin, to nearest even, overflowing to infinity above `largest`."""
+    if v != v or v == 0.0 or abs(v) == np.inf:
+        return v
+    e = ((np.float64(abs(v)).view(np.int64) >> 52) & 0x7FF) - 1023
+    q = np.float64(np.int64((max(e, emin) - mbits + 1023) << 52).view(np.float64))  # 2^(e - mbits), a normal float64
+    y = np.rint(v / q) * q  # v / q is exact; rint rounds half to even
+    if abs(y) > largest:
+        return np.inf if v > 0 else -np.inf
+    return y
+
+
+@numba.njit(nogil=True, cache=True)
+def counterfactual(vb, vu, m, kinds, lut, cls, nan_bin, out, ncls):
+    """Tolerance classes of the m marked elements after rounding both sides to bf16 (kinds >= 1)
+    and to fp16 (kinds == 2), counted into out[kind * ncls + class]."""
+    for j in range(kinds):
+        mbits, emin, largest = (7, -126, 3.3895313892515355e38) if j == 0 else (10, -14, 65504.0)
+        for p in range(m):
+            bv = _round(np.float64(vb[p]), mbits, emin, largest)
+            uv = _round(np.float64(vu[p]), mbits, emin, largest)
+            if uv == bv:  # equal values (equal infinities too): unchanged at every tolerance
+                continue
+            ad = abs(uv - bv)  # NaN when either is NaN: the top bin, changed at every tolerance
+            bits = np.float64(ad).view(np.int64)
+            k = min(max((bits >> 49) - WIDE_BIN_OFFSET, 0), nan_bin)
+            out[j * ncls + cls[2 * k + (not ad <= lut[k])]] += 1

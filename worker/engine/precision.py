@@ -1,0 +1,113 @@
+"""The precision view of a result: is the sparsity a bf16 storage artifact? (metrics.md,
+"Precision and magnitude" and "Similarity"; the JSON is documented in docs/CONTRACTS.md.)
+
+The kernel counts, in its one pass, every element by the magnitude bin of its base value
+(bins.py: zero, subnormal, each binary exponent, inf/NaN) and the changed ones by bin and
+tolerance class, by bin and ratio bucket |Delta| / spacing(w_base), and for pairs wider than
+bf16 the classes after rounding both sides to bf16 (and fp16); plus the float64 sums of a
+cosine. This module turns those sums into a tensor's record fields and adds records up
+into the layer, module and model figures. Pure bookkeeping: no weights, no torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from worker.engine.kernel.bins import COUNTERFACTUALS, RATIO_BUCKETS, magnitude_label
+from worker.engine.tolerance import tolerance_key
+
+
+def _cosine(dot: float, base_sq: float, tuned_sq: float) -> float | None:
+    if not (base_sq > 0 and tuned_sq > 0):
+        return None
+    c = dot / math.sqrt(base_sq * tuned_sq)
+    return c if math.isfinite(c) else None
+
+
+def tensor_precision(acc, exact: Sequence[float]) -> dict:
+    """A tensor's record fields: tuned_fro, cosine (float64 sums) and precision (or None when the
+    kernel measured none: an empty tensor, a dtype without a float format)."""
+    out = {"tuned_fro": math.sqrt(acc.tuned_sq) if acc.mag_compared is not None else None,
+           "cosine": _cosine(acc.dot, acc.base_sq, acc.tuned_sq) if acc.mag_compared is not None else None,
+           "precision": None}
+    if acc.mag_compared is None:
+        return out
+    bins = np.flatnonzero(acc.mag_compared)
+    classes = acc.mag_joint.sum(axis=1)  # per (magnitude bin, tolerance class); class 0 is not used
+    ratio = acc.mag_joint[:, :RATIO_BUCKETS, :].sum(axis=2)  # per (bin, ratio bucket): the values that moved
+    # Class c holds the elements changed at exactly the c smallest exact tolerances: changed(t_j) = classes > j.
+    above = np.cumsum(classes[:, ::-1], axis=1)[:, ::-1]  # above[:, c] = sum of classes >= c
+    keys = [tolerance_key(t) for t in exact]
+    cells = np.argwhere(ratio)
+    cf = acc.counterfactual
+    out["precision"] = {
+        "bins": bins.tolist(),
+        "compared": acc.mag_compared[bins].tolist(),
+        "changed": {k: above[bins, j + 1].tolist() for j, k in enumerate(keys)},
+        "ratio": [[int(b), int(r), int(ratio[b, r])] for b, r in cells],
+        "counterfactual": {COUNTERFACTUALS[i]: {k: int(cf[i, j + 1:].sum()) for j, k in enumerate(keys)}
+                           for i in range(acc.cf_kinds)},
+    }
+    return out
+
+
+def merge(records: Iterable[dict], *, with_ratio: bool = False) -> dict | None:
+    """The precision figures of a set of records (a layer, a module, the model): compared and changed
+    per magnitude bin summed; per counterfactual, the elements of the tensors it applies to, their
+    changed counts as stored and after rounding; the cosine of the concatenated tensors."""
+    compared: dict[int, int] = {}
+    changed: dict[str, dict[int, int]] = {}
+    ratio: dict[tuple[int, int], int] = {}
+    cf: dict[str, dict] = {}
+    dot = base_sq = tuned_sq = 0.0
+    cosine_ok = True
+    seen = False
+    for r in records:
+        p = r.get("precision")
+        if p is None:
+            continue
+        seen = True
+        for b, c in zip(p["bins"], p["compared"]):
+            compared[b] = compared.get(b, 0) + c
+        for key, counts in p["changed"].items():
+            row = changed.setdefault(key, {})
+            for b, c in zip(p["bins"], counts):
+                row[b] = row.get(b, 0) + c
+        if with_ratio:
+            for b, k, c in p["ratio"]:
+                ratio[(b, k)] = ratio.get((b, k), 0) + c
+        for name, rounded in p["counterfactual"].items():
+            entry = cf.setdefault(name, {"numel": 0, "tensors": 0, "stored": {}, "rounded": {}})
+            entry["numel"] += r["numel"]
+            entry["tensors"] += 1
+            for key, c in rounded.items():
+                entry["rounded"][key] = entry["rounded"].get(key, 0) + c
+                entry["stored"][key] = entry["stored"].get(key, 0) + r["changed"][key]
+        b2, u2 = r["base_fro"] ** 2, (r.get("tuned_fro") or 0.0) ** 2
+        if r.get("cosine") is None and b2 > 0 and u2 > 0:
+            cosine_ok = False
+        dot += (r.get("cosine") or 0.0) * math.sqrt(b2 * u2)
+        base_sq += b2
+        tuned_sq += u2
+    if not seen:
+        return None
+    bins = sorted(compared)
+    out = {
+        "bins": bins,
+        "labels": [magnitude_label(b) for b in bins],
+        "compared": [compared[b] for b in bins],
+        "changed": {key: [row.get(b, 0) for b in bins] for key, row in changed.items()},
+        "counterfactual": cf,
+        "cosine": _cosine(dot, base_sq, tuned_sq) if cosine_ok else None,
+    }
+    if with_ratio:
+        grid = {b: [0] * RATIO_BUCKETS for b in bins}
+        for (b, k), c in ratio.items():
+            grid[b][k] += c
+        moved = {b: sum(row) for b, row in grid.items()}
+        out["ratio"] = {"bins": bins, "counts": [grid[b] for b in bins]}
+        out["one_step_share"] = [grid[b][0] / moved[b] if moved[b] else None for b in bins]
+    return out
