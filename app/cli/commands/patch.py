@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -56,9 +57,12 @@ def _open(text: str, token):
     return open_source(parse_source(text, allow_any_path=True), token=token)
 
 
+@contextlib.contextmanager
 def _bar(quiet: bool, label: str):
+    """A byte progress bar on stderr for the engine's `progress(stage?, done, total)` callback."""
     if quiet:
-        return None, lambda: None
+        yield None
+        return
     from tqdm import tqdm
 
     bar = tqdm(total=0, unit="B", unit_scale=True, desc=label, file=sys.stderr, leave=False)
@@ -70,7 +74,10 @@ def _bar(quiet: bool, label: str):
         bar.total, bar.n = total, done
         bar.refresh()
 
-    return update, bar.close
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 def _fail(exc) -> int:
@@ -87,12 +94,9 @@ def run_export(args) -> int:
     from worker.engine.patch.export import export_patch
 
     try:
-        with _open(args.base, args.token) as base, _open(args.tuned, args.token) as tuned:
-            update, close = _bar(args.quiet, "export")
-            try:
-                s = export_patch(base, tuned, args.output, progress=update)
-            finally:
-                close()
+        with (_open(args.base, args.token) as base, _open(args.tuned, args.token) as tuned,
+              _bar(args.quiet, "export") as update):
+            s = export_patch(base, tuned, args.output, progress=update)
     except EngineError as exc:
         return _fail(exc)
     print(json.dumps(s, indent=1) if args.json else
@@ -106,12 +110,8 @@ def run_apply(args) -> int:
     from worker.engine.patch.apply import apply_patch
 
     try:
-        with _open(args.base, args.token) as base:
-            update, close = _bar(args.quiet, "apply")
-            try:
-                s = apply_patch(base, args.patch, args.output, progress=update)
-            finally:
-                close()
+        with _open(args.base, args.token) as base, _bar(args.quiet, "apply") as update:
+            s = apply_patch(base, args.patch, args.output, progress=update)
     except EngineError as exc:
         return _fail(exc)
     print(json.dumps(s, indent=1) if args.json else
