@@ -17,7 +17,6 @@ it (worker/engine/checkpoints/hub_http.py):
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import torch
 from olahserver import GitRepo, OlahServer, commit_dir, tools_missing
 from run_checkpoints import write_run
 from safetensors.torch import save_file
+from support.numbers import assert_same_numbers
 from support.polling import wait_for_status
 from support.service import start_service
 
@@ -105,21 +105,6 @@ def numbers(result: dict) -> dict:
     return json.loads(json.dumps(out), parse_constant=lambda c: None)
 
 
-def same(a, b, path: str = "result") -> None:
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), f"{path}: keys differ"
-        for k in a:
-            same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list):
-        assert isinstance(b, list) and len(a) == len(b), f"{path}: lengths differ"
-        for i, (x, y) in enumerate(zip(a, b)):
-            same(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) and isinstance(b, float) and math.isnan(a):
-        assert math.isnan(b), f"{path}: {a} != {b}"
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
-
-
 def test_cli_analyses_through_olah_equal_local(olah, tmp_path):
     server, where = olah
     run = where["run"]
@@ -133,7 +118,7 @@ def test_cli_analyses_through_olah_equal_local(olah, tmp_path):
         assert stderr.count(RANGE_WARNING) == 1, stderr[-2000:]  # said once, not once per read
         on_disk = local_result(*local)
         assert through["summary"]["changed"]["1e-05"] > 0
-        same(numbers(through), numbers(on_disk), f"{' vs '.join(hub)}")
+        assert_same_numbers(numbers(through), numbers(on_disk), f"{' vs '.join(hub)}", rel_tol=0.0)
         assert through["tuned"]["kind"] == "hub" and len(through["tuned"]["sha"]) == 40
     # @revision is pinned to the branch's git commit, as on the Hub
     assert through["base"]["sha"] == where["repo"].sha("step-100")
@@ -149,9 +134,9 @@ def test_cli_dynamics_of_step_branches_through_olah_equal_local(olah, local_dyna
     assert [c["tuned"]["sha"] for c in through["checkpoints"]] == [where["repo"].sha(f"step-{s}") for s in STEPS]
     skip = {"name", "tuned", "analysis", "consecutive_analysis", "consecutive_from"}
     for got, want in zip(through["checkpoints"], on_disk["checkpoints"], strict=True):
-        same({k: v for k, v in got.items() if k not in skip}, {k: v for k, v in want.items() if k not in skip},
-             got["name"])
-    same(through["layers"], on_disk["layers"], "layers")
+        assert_same_numbers({k: v for k, v in got.items() if k not in skip},
+                            {k: v for k, v in want.items() if k not in skip}, got["name"], rel_tol=0.0)
+    assert_same_numbers(through["layers"], on_disk["layers"], "layers", rel_tol=0.0)
     assert through["numel"] == on_disk["numel"] and through["final"]["subnet"] == on_disk["final"]["subnet"]
 
 
@@ -164,7 +149,7 @@ def test_service_analyses_and_runs_through_olah_equal_local(olah, local_dynamics
         assert r.status_code == 202, r.text
         body = wait_for_status(svc.client, f"/api/analyses/{r.json()['id']}", timeout=300)
         assert body["status"] == "done", body.get("error")
-        same(numbers(body["result"]), numbers(local), "service result")
+        assert_same_numbers(numbers(body["result"]), numbers(local), "service result", rel_tol=0.0)
 
         r = svc.client.post("/api/runs", json={"base": "org/run", "run": "org/run", "revisions": "step-*"})
         assert r.status_code == 202, r.text

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import torch
 from safetensors.torch import save_file
+from support.numbers import assert_same_numbers  # noqa: F401  (re-exported for the service tests)
 from support.polling import wait_status
 from support.service import VENV_BIN
 
@@ -62,23 +63,6 @@ def _finite(obj):
     if isinstance(obj, list):
         return [_finite(v) for v in obj]
     return obj
-
-
-def assert_same_numbers(a, b, path: str = "result") -> None:
-    """Equal structure; floats equal to 1e-12 relative (JSON round trips are exact, this is slack only)."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), f"{path}: keys {sorted(a)} != {sorted(b)}"
-        for k in a:
-            assert_same_numbers(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list):
-        assert isinstance(b, list) and len(a) == len(b), f"{path}: lengths differ"
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_numbers(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) and isinstance(b, (int, float)):
-        assert math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0) or (math.isnan(a) and math.isnan(b)), \
-            f"{path}: {a} != {b}"
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
 
 
 def write_many_tensor_pair(root: Path, *, tensors: int = 256, rows: int = 128, cols: int = 256,
