@@ -50,7 +50,7 @@ def test_report_renders_every_figure_offline(reports, browser, shot, which):
     page.on("request", lambda r: None if r.url.startswith(("file://", "data:")) else requested.append(r.url))
     page.goto(reports[which].as_uri())
     n = page.locator(".report-figure").count()
-    assert n == (11 if which == "analysis" else 3)  # rank and geometry computed: all sections
+    assert n == (12 if which == "analysis" else 3)  # rank and geometry computed: all sections, magnitude too
     # plotly drew every one: each holds its SVG and at least one trace or annotation
     page.wait_for_function(f"document.querySelectorAll('.report-figure .main-svg').length >= {n}", timeout=30_000)
     drawn = page.evaluate("""() => [...document.querySelectorAll('.report-figure')].map(d =>
