@@ -141,15 +141,6 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-# Rows that SVD jobs in flight may keep, both sides together: two ordinary matrices run side by
-# side, but an embedding and a head (32000 x 2048 each, 262 MB per pair in bf16) run one at a time.
-HELD_BYTES = 384 << 20
-
-
-def _held_bytes(pair: Pair) -> int:
-    return pair.numel * (pair.base.itemsize + pair.tuned.itemsize)
-
-
 class _SvdFinisher:
     """Finishes the tensors that need SVDs (update rank, geometry) off the streaming pass.
 
@@ -158,8 +149,7 @@ class _SvdFinisher:
     SVDs at once (two, or one on a single core), each with cores / workers threads, since two
     SVDs on half the cores each finish sooner than one after the other on all of them; on
     CUDA one at a time. Memory stays bounded: at most `workers` finished matrices wait or
-    run (the pass waits for the oldest before handing over another), plus the one being read,
-    and matrices whose rows together pass `HELD_BYTES` (an embedding and a head) run one at a time.
+    run (the pass waits for the oldest before handing over another), plus the one being read.
     Records are completed on the calling thread, in submission order.
     """
 
@@ -172,17 +162,14 @@ class _SvdFinisher:
         self.showing = showing  # progress: the SVDs of this pair run (or are waited for)
         self.pool: ThreadPoolExecutor | None = None
         self.pending: deque = deque()  # (pair, future), oldest first
-        self.held = 0  # bytes of both sides' rows that the pending SVD jobs keep
 
     def _finish(self, acc):
         torch.set_num_threads(self.threads)  # this thread's own setting (ATen and MKL keep one per thread)
         return self.kernel.finish(acc)
 
     def submit(self, pair: Pair, acc) -> None:
-        size = _held_bytes(pair)
-        while self.pending and (len(self.pending) >= self.workers or self.held + size > HELD_BYTES):
+        while len(self.pending) >= self.workers:
             self._complete_oldest()
-        self.held += size
         if self.pool is None:
             self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="svd")
         self.pending.append((pair, self.pool.submit(self._finish, acc)))
@@ -194,7 +181,6 @@ class _SvdFinisher:
             self.showing(pair)
         stats = future.result()
         self.pending.popleft()
-        self.held -= _held_bytes(pair)
         self.finished(pair, stats)
 
     def collect(self) -> None:
