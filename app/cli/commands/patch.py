@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from app.cli.commands.engine import fail
+
 
 def register(sub) -> None:
     p = sub.add_parser("patch", help="lossless patches: rebuild a finetune's exact bytes from its base",
@@ -80,11 +82,6 @@ def _bar(quiet: bool, label: str):
         bar.close()
 
 
-def _fail(exc) -> int:
-    print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
-    return 2
-
-
 def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
 
@@ -98,7 +95,7 @@ def run_export(args) -> int:
               _bar(args.quiet, "export") as update):
             s = export_patch(base, tuned, args.output, progress=update)
     except EngineError as exc:
-        return _fail(exc)
+        return fail(exc)
     print(json.dumps(s, indent=1) if args.json else
           f"wrote {args.output}: {_mb(s['patch_bytes'])}, {100 * s['share']:.2f}% of the tuned checkpoint "
           f"({_mb(s['tuned_bytes'])}); {s['changed']:,} elements differ in their bits; {s['seconds']:.1f} s")
@@ -113,7 +110,7 @@ def run_apply(args) -> int:
         with _open(args.base, args.token) as base, _bar(args.quiet, "apply") as update:
             s = apply_patch(base, args.patch, args.output, progress=update)
     except EngineError as exc:
-        return _fail(exc)
+        return fail(exc)
     print(json.dumps(s, indent=1) if args.json else
           f"rebuilt {args.output}: {s['files']} files, {_mb(s['bytes'])}, every weight file checked against the "
           f"tuned checkpoint's digest; {s['seconds']:.1f} s")
@@ -131,7 +128,7 @@ def run_verify(args) -> int:
         else:
             s = verify_patch(args.patch)
     except EngineError as exc:
-        return _fail(exc)
+        return fail(exc)
     if args.json:
         print(json.dumps(s, indent=1))
         return 0
@@ -158,7 +155,7 @@ def run_lineage(args) -> int:
             cands = [stack.enter_context(_open(c, args.token)) for c in args.candidates]
             result = lineage(target, cands, budget=args.budget, seed=args.seed)
     except EngineError as exc:
-        return _fail(exc)
+        return fail(exc)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     print(lineage_table(result))
