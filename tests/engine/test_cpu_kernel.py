@@ -73,10 +73,10 @@ def test_fused_kernel_equals_the_torch_path(monkeypatch, dtype, share, compress)
             assert fused.chosen_changed == int(ref.mask.sum()), where
             # the precision view
             assert np.array_equal(fused.mag_compared, ref.mag_compared), where
-            # cells (no ratio bucket, class 0) are the unchanged elements, which the fused loop never visits
-            fj, rj = fused.mag_joint.astype(np.int64), ref.mag_joint.astype(np.int64)
-            fj[:, -1, 0] = rj[:, -1, 0] = 0
-            assert np.array_equal(fj, rj), where
+            # class 0 and the no-ratio bucket hold the unchanged elements, which the fused loop never visits
+            assert np.array_equal(fused.mag_classes[:, 1:], ref.mag_classes[:, 1:]), where
+            assert np.array_equal(fused.mag_ratio[:, :-1], ref.mag_ratio[:, :-1]), where
+            assert fused.mag_classes.sum() == fused.mag_ratio.sum(), where  # both count every differing element
             assert np.array_equal(fused.counterfactual[:, 1:], ref.counterfactual[:, 1:]), where
             assert fused.counterfactual.shape[0] == cf, where
             for a, r in ((fused.dot, ref.dot), (fused.tuned_sq, ref.tuned_sq)):
@@ -92,6 +92,29 @@ def test_fused_kernel_equals_the_torch_path(monkeypatch, dtype, share, compress)
 
 
 # --- content ids: remembered on disk by stat key ------------------------------------------
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_without_the_precision_view_the_counts_are_the_same(backend):
+    """The bench's "no view" pass (AnalysisOptions(precision=False)) skips the view and nothing else."""
+    b, u = _pair(5 * 1000, torch.bfloat16, 0.3, 7, specials=True)
+    on = Kernel(list(EXACT_TOLERANCES), 3e-5, torch.device("cpu"), backend=backend)
+    off = Kernel(list(EXACT_TOLERANCES), 3e-5, torch.device("cpu"), backend=backend, precision=False)
+    with_view, without = on.measure(b, u, torch.bfloat16, 1000, False), off.measure(b, u, torch.bfloat16, 1000, False)
+    assert with_view.mag_compared is not None and without.mag_compared is None
+    assert torch.equal(with_view.curve, without.curve) and torch.equal(with_view.ulp, without.ulp)
+    assert torch.equal(with_view.mask, without.mask) and with_view.rows_touched == without.rows_touched
+    acc = off.start("w", (5, 1000), torch.bfloat16, False)
+    off.fold(acc, without)
+    record = off.finish(acc)
+    assert record["precision"] is None and record["cosine"] is None
+    assert record["changed"] == on.finish(_folded(on, with_view))["changed"]
+
+
+def _folded(kernel, piece):
+    acc = kernel.start("w", (5, 1000), torch.bfloat16, False)
+    kernel.fold(acc, piece)
+    return acc
+
 
 @pytest.fixture
 def digest_cache(tmp_path, monkeypatch):

@@ -121,6 +121,40 @@ def test_fast_geometry_is_within_metrics_tolerances_of_the_float64_reference(m, 
     assert fast["spectra"]["base"] == pytest.approx(ref["spectra"]["base"], rel=1e-6)
 
 
+def test_geometry_of_row_blocks_is_that_of_the_whole_matrix():
+    """The SVD phase hands geometry the pass's row blocks (16-bit, uneven at the end), never joined."""
+    base, tuned = _bf16_pair(160, 96, seed=3)
+    cuts = [0, 7, 64, 150, 160]
+
+    def blocks(w):
+        return [w[a:b].bfloat16() for a, b in zip(cuts, cuts[1:])]
+
+    whole, parts = G.geometry(base, tuned), G.geometry(blocks(base), blocks(tuned))
+    for side in ("two_sided", "left", "right"):
+        assert parts["energy"][side] == pytest.approx(whole["energy"][side], rel=1e-9, abs=1e-12)
+    for key, values in whole["rotation"].items():
+        assert parts["rotation"][key] == pytest.approx(values, rel=1e-9, abs=1e-9)
+    assert parts["drift"] == pytest.approx(whole["drift"], rel=1e-9)
+    assert parts["spectra"]["base"] == whole["spectra"]["base"]
+
+
+@pytest.mark.parametrize("m, n", [(400, 60), (60, 400)])
+def test_top_factors_are_orthonormal_at_the_steepest_spectrum_they_accept(m, n):
+    """U_k by CholeskyQR2 in place: orthonormal to float64 precision with sigma_kmax near
+    MIN_SIGMA_RATIO sigma_1, and the span of the SVD's top vectors."""
+    kmax = G.ks(m, n)[-1]
+    top = torch.logspace(0, math.log10(1.5e-4), kmax, dtype=torch.float64)
+    s = torch.cat([top, torch.logspace(math.log10(1.4e-4), -5, 60 - kmax, dtype=torch.float64)])
+    w = _with_spectrum(m, n, s, seed=11)
+    assert 1e-4 < float(s[kmax - 1]) < 2e-4
+    u, _, vh = factors.top_factors(w, kmax)
+    eye = torch.eye(kmax, dtype=torch.float64)
+    assert float((u.T @ u - eye).abs().max()) < 1e-12 and float((vh @ vh.T - eye).abs().max()) < 1e-12
+    ref_u, _, ref_vh = torch.linalg.svd(w.double(), full_matrices=False)
+    for a, b in ((u, ref_u[:, :kmax]), (vh.T, ref_vh[:kmax].T)):  # the same top subspaces
+        assert float(torch.linalg.svdvals(b.T @ a).min()) > 1 - 1e-6
+
+
 def test_rank_deficient_base_falls_back_to_the_full_svd():
     s = torch.cat([torch.ones(5, dtype=torch.float64), torch.zeros(35, dtype=torch.float64)])
     w = _with_spectrum(60, 40, s, seed=5).double()

@@ -24,7 +24,7 @@ from worker.engine.checkpoints.quantized import CodeCounts, quantization_record
 from worker.engine.checkpoints.sources import Piece, Source
 from worker.engine.errors import EngineError
 from worker.engine.kernel import geometry as geo
-from worker.engine.kernel import svd_cost
+from worker.engine.kernel import svd_cost, svd_phase
 from worker.engine.kernel.accumulator import Kernel
 from worker.engine.kernel.bins import EXACT_TOLERANCES, counterfactual_kinds
 from worker.engine.pairing.location import locate, name_order
@@ -46,6 +46,7 @@ class AnalysisOptions:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     geometry: Literal["off", "sampled", "all"] = "off"  # update geometry (geometry.py): same layers as rank
     backend: Literal["auto", "numba", "torch"] = "auto"  # the kernel's (accumulator.Kernel); results are the same
+    precision: bool = True  # the precision view; off only in bench/precision_cost.py, to measure what it costs
 
     def __post_init__(self) -> None:
         for key in ("rank", "geometry"):
@@ -149,9 +150,14 @@ class _SvdFinisher:
     SVDs at once (two, or one on a single core), each with cores / workers threads, since two
     SVDs on half the cores each finish sooner than one after the other on all of them; on
     CUDA one at a time. Memory stays bounded: at most `workers` finished matrices wait or
-    run (the pass waits for the oldest before handing over another), plus the one being read.
+    run (the pass waits for the oldest before handing over another), plus the one being read,
+    and a job that holds over BIG_JOB_BYTES (an embedding or head with geometry) runs alone:
+    the pass waits for the others before it reads that matrix, and for it before handing over
+    the next.
     Records are completed on the calling thread, in submission order.
     """
+
+    BIG_JOB_BYTES = 256 << 20
 
     def __init__(self, kernel: Kernel, device: torch.device, finished, showing):
         n = cores()
@@ -167,16 +173,26 @@ class _SvdFinisher:
         torch.set_num_threads(self.threads)  # this thread's own setting (ATen and MKL keep one per thread)
         return self.kernel.finish(acc)
 
+    def _big(self, shape, kept: int, want_geometry: bool) -> bool:
+        return svd_phase.job_bytes(shape, kept, want_geometry) > self.BIG_JOB_BYTES
+
+    def reading(self, pair: Pair, want_geometry: bool) -> None:
+        """The pass starts reading a matrix that wants SVDs: if its job will be big, the others end first."""
+        if self._big(pair.shape, svd_phase.kept_bytes(pair.shape, pair.compare_dtype, want_geometry), want_geometry):
+            self.drain()
+
     def submit(self, pair: Pair, acc) -> None:
-        while len(self.pending) >= self.workers:
+        kept = sum(b.nbytes + t.nbytes for b, t in acc.geometry_rows) + sum(r.nbytes for r in acc.rank_rows)
+        big = self._big(acc.shape, kept, acc.want_geometry)
+        while self.pending and (len(self.pending) >= self.workers or big or any(b for *_, b in self.pending)):
             self._complete_oldest()
         if self.pool is None:
             self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="svd")
-        self.pending.append((pair, self.pool.submit(self._finish, acc)))
+        self.pending.append((pair, self.pool.submit(self._finish, acc), big))
         self.showing(pair)
 
     def _complete_oldest(self) -> None:
-        pair, future = self.pending[0]
+        pair, future, _ = self.pending[0]
         if not future.done():
             self.showing(pair)
         stats = future.result()
@@ -296,7 +312,7 @@ def analyze_part(
             raise EngineError("internal", f"{len(unknown)} tensors of this part are not compared tensors of the "
                                           f"pair (e.g. {unknown[0]}); the plan does not match the checkpoints.")
     device = pick_device(options.device)
-    kernel = Kernel(list(EXACT_TOLERANCES), options.tolerance, device, options.backend)
+    kernel = Kernel(list(EXACT_TOLERANCES), options.tolerance, device, options.backend, options.precision)
     resume = dict(resume or {})
     parts = masks_dir / "parts" if masks_dir else None
     kernel.keep_masks = parts is not None  # without mask files, pieces carry only the count
@@ -333,6 +349,8 @@ def analyze_part(
                                         _counterfactuals(pair))
             state["mask"] = mask_files.MaskPart(parts, pair.name) if parts else None
             progress.current = pair.name
+            if (want_rank or want_geometry) and len(pair.shape) == 2:
+                svds.reading(pair, want_geometry)
         kernel.fold(state["acc"], stats)
         if state["mask"] is not None:
             state["mask"].add(stats.mask)

@@ -36,8 +36,8 @@ def tensor_precision(acc, exact: Sequence[float]) -> dict:
     if acc.mag_compared is None:
         return out
     bins = np.flatnonzero(acc.mag_compared)
-    classes = acc.mag_joint.sum(axis=1)  # per (magnitude bin, tolerance class); class 0 is not used
-    ratio = acc.mag_joint[:, :RATIO_BUCKETS, :].sum(axis=2)  # per (bin, ratio bucket): the values that moved
+    classes = acc.mag_classes  # per (magnitude bin, tolerance class); class 0 is not used
+    ratio = acc.mag_ratio[:, :RATIO_BUCKETS]  # per (bin, ratio bucket): the values that moved
     # Class c holds the elements changed at exactly the c smallest exact tolerances: changed(t_j) = classes > j.
     above = np.cumsum(classes[:, ::-1], axis=1)[:, ::-1]  # above[:, c] = sum of classes >= c
     keys = [tolerance_key(t) for t in exact]

@@ -61,7 +61,8 @@ class TensorAccumulator:
     # The precision view (bins.py): sums of the pieces' arrays; None until the first piece brings them.
     cf_kinds: int = 0
     mag_compared: np.ndarray | None = None
-    mag_joint: np.ndarray | None = None
+    mag_classes: np.ndarray | None = None
+    mag_ratio: np.ndarray | None = None
     counterfactual: np.ndarray | None = None
     dot: float = 0.0
     tuned_sq: float = 0.0
@@ -75,9 +76,11 @@ class Kernel:
 
     `backend`: "numba" (the fused CPU loop; dtypes it does not take go to torch), "torch"
     (the torch ops, on any device), or "auto": numba on a CPU, torch on CUDA.
+    `precision`: count the precision view (off only to measure what it costs, bench/precision_cost.py).
     """
 
-    def __init__(self, thresholds: list[float], chosen: float, device: torch.device, backend: Backend = "auto"):
+    def __init__(self, thresholds: list[float], chosen: float, device: torch.device, backend: Backend = "auto",
+                 precision: bool = True):
         self.table = Thresholds(thresholds)  # refuses what is not a Tolerance
         Tolerance(chosen)
         self.exact = self.table.exact
@@ -89,8 +92,8 @@ class Kernel:
         if backend == "numba" and device.type != "cpu":
             raise ValueError("the numba backend runs on the CPU only")
         self.backend = "torch" if backend == "torch" or device.type != "cpu" else "numba"
-        self._torch = TorchBackend(self.table, bits_f64(chosen + 0.0), device)
-        self._numba = numba_backend.NumbaBackend(self.table, chosen) if self.backend == "numba" else None
+        self._torch = TorchBackend(self.table, bits_f64(chosen + 0.0), device, precision)
+        self._numba = numba_backend.NumbaBackend(self.table, chosen, precision) if self.backend == "numba" else None
         # Whether pieces carry their mask (masks files need it; the counts do not).
         self.keep_masks = True
 
@@ -155,11 +158,13 @@ class Kernel:
         if piece.mag_compared is not None:
             if acc.mag_compared is None:
                 acc.mag_compared = piece.mag_compared.astype(np.int64)
-                acc.mag_joint = piece.mag_joint.astype(np.int64)
+                acc.mag_classes = piece.mag_classes.astype(np.int64)
+                acc.mag_ratio = piece.mag_ratio.astype(np.int64)
                 acc.counterfactual = piece.counterfactual.astype(np.int64)
             else:
                 acc.mag_compared += piece.mag_compared
-                acc.mag_joint += piece.mag_joint
+                acc.mag_classes += piece.mag_classes
+                acc.mag_ratio += piece.mag_ratio
                 acc.counterfactual += piece.counterfactual
             acc.dot += piece.dot
             acc.tuned_sq += piece.tuned_sq

@@ -123,11 +123,12 @@ class PieceStats:
     geometry_rows: tuple[torch.Tensor, torch.Tensor] | None = None
     chosen_changed: int | None = None  # count of `mask` (given when the mask is not kept)
     # The precision view (numpy): compared per magnitude bin (MAG_BINS); elements per (magnitude
-    # bin, ratio bucket or NO_RATIO, tolerance class), where only cells of a bucket < NO_RATIO or a
-    # class > 0 are defined (the rest hold what a backend happened to visit); counterfactual
-    # classes per applicable storage dtype; float64 sums for the cosine.
+    # bin, tolerance class) and per (magnitude bin, ratio bucket or NO_RATIO), where class 0 and
+    # NO_RATIO hold what a backend happened to visit (the unchanged elements, or some of them);
+    # counterfactual classes per applicable storage dtype; float64 sums for the cosine.
     mag_compared: np.ndarray | None = None
-    mag_joint: np.ndarray | None = None
+    mag_classes: np.ndarray | None = None
+    mag_ratio: np.ndarray | None = None
     counterfactual: np.ndarray | None = None
     dot: float = 0.0
     tuned_sq: float = 0.0
@@ -187,23 +188,3 @@ def class_table(thresholds: Thresholds) -> np.ndarray:
     table[0:2 * NBINS:2] = below
     table[1:2 * NBINS:2] = below + own
     return table
-
-
-def fold_keys(keys: np.ndarray, dtype: torch.dtype, zeros: int, nans: int) -> np.ndarray:
-    """Compared elements per magnitude bin from counts per raw key (sign and exponent bits),
-    the count of zeros and (for e4m3fn, whose NaN shares the top exponent) of NaNs."""
-    mbits, _, bias, width = FORMATS[dtype]
-    ebits = width - 1 - mbits
-    out = np.zeros(MAG_BINS, np.int64)
-    per_exp = keys.reshape(2, 1 << ebits).sum(axis=0)  # both signs
-    top = (1 << ebits) - 1
-    out[MAG_ZERO] = zeros
-    out[MAG_SUBNORMAL] = per_exp[0] - zeros
-    normal = np.arange(1, top if dtype != torch.float8_e4m3fn else top + 1)
-    out[normal - bias + MAG_OFFSET] = per_exp[normal]
-    if dtype == torch.float8_e4m3fn:
-        out[top - bias + MAG_OFFSET] -= nans
-        out[MAG_NONFINITE] = nans
-    else:
-        out[MAG_NONFINITE] = per_exp[top]
-    return out

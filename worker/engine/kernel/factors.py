@@ -11,8 +11,11 @@ Accuracy, provable from the float64 error bounds (Weyl, and the Davis-Kahan gap 
 - W holds float32 values (the pass's rows), so G is formed from exact products in blocked sums
   (spectra.gram) and each lambda_i is within b = spectra.gram_error_bound of the truth
   (forming G and a backward-stable eigensolver), so sigma_i within b / sigma_i;
-- orth(W V_k) by a QR keeps the nested spans span(U_j), j <= k_max, which are all that the
-  energies and principal angles read, and is orthonormal to eps64 whatever sigma_k is;
+- orth(W V_k) by a QR with a positive diagonal keeps the nested spans span(U_j), j <= k_max,
+  which are all that the energies and principal angles read. It is taken in place by CholeskyQR2
+  (twice A <- A R^-1, R the Cholesky factor of A^T A): orthonormal to O(eps64) for cond(A) up to
+  ~eps64^-1/2 (Yamamoto et al. 2015), and cond(W V_k) = sigma_1 / sigma_kmax <= 1 / MIN_SIGMA_RATIO
+  here; a Householder QR would hold a second (m x k_max) copy (0.1 GiB for an embedding);
 - the subspaces are as well defined as the singular gaps allow, as with the SVD itself.
 Used only where sigma_kmax >= MIN_SIGMA_RATIO sigma_1 (U_k from W V_k / sigma loses digits as
 sigma_k -> 0) and the singular values' bound keeps spectral drift within DRIFT_ABS; otherwise
@@ -21,33 +24,66 @@ sigma_k -> 0) and the singular values' bound keeps spectral drift within DRIFT_A
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from worker.engine.kernel.spectra import gram, gram_error_bound
 
-ROWS = 4096  # rows converted to float64 at a time
+SPAN_BYTES = 16 << 20  # float64 bytes of the rows widened at a time (the SVD phase's peak memory, with U_k)
 MIN_SIGMA_RATIO = 1e-4
 DRIFT_ABS = 1e-7  # bound on what the singular values' error can move ||sigma~ - sigma|| / ||sigma||
 
 
-def top_factors(w: torch.Tensor, kmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """(U_k (m, kmax), sigma (r,) descending, V_k^T (kmax, n)), float64, of w (float32 values, any float
-    dtype), or None where not provably accurate. No float64 copy of w is made."""
+class RowBlocks:
+    """A matrix held as row blocks in order (the pass's pieces, 16-bit or float32), never joined:
+    an embedding's float64 copy alone would be 0.5 GiB. `spans` widens a few rows at a time."""
+
+    def __init__(self, blocks: torch.Tensor | list[torch.Tensor]):
+        self.blocks = [blocks] if isinstance(blocks, torch.Tensor) else list(blocks)
+        self.shape = (sum(b.shape[0] for b in self.blocks), self.blocks[0].shape[1])
+        self.dtype = self.blocks[0].dtype
+
+    def spans(self, device, dtype=torch.float64) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first row, rows as `dtype` on `device`) in order, SPAN_BYTES of float64 or fewer each."""
+        rows = max(1, SPAN_BYTES // (8 * max(1, self.shape[1])))
+        start = 0
+        for b in self.blocks:
+            for s in range(0, b.shape[0], rows):
+                yield start + s, b[s:s + rows].to(device=device, dtype=dtype)
+            start += b.shape[0]
+
+    def whole(self, device, dtype=torch.float64) -> torch.Tensor:
+        return torch.cat([b.to(device=device, dtype=dtype) for b in self.blocks])
+
+    def finite(self) -> bool:
+        return all(bool(torch.isfinite(b).all()) for b in self.blocks)
+
+    def float32_values(self) -> bool:
+        """Every entry a float32 value (always for the pass's rows; a float64 caller's may not be)."""
+        return all(b.dtype != torch.float64 or bool((b.to(torch.float32).to(torch.float64) == b).all())
+                   for b in self.blocks)
+
+
+def top_factors(w: torch.Tensor | RowBlocks, kmax: int,
+                device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(U_k (m, kmax), sigma (r,) descending, V_k^T (kmax, n)), float64 on `device` (default: w's), of w
+    (float32 values, any float dtype; a tensor or its row blocks), or None where not provably accurate.
+    No float64 copy of w is made."""
+    w = w if isinstance(w, RowBlocks) else RowBlocks(w)
     m, n = w.shape
     r = min(m, n)
     if r == 0 or kmax < 1:
         return None
-    device = w.device
-    g, fro2 = gram(lambda: iter([w]), (m, n), device)  # (r, r), blocked sums of exact products
+    device = w.blocks[0].device if device is None else device
+    g, fro2 = gram(lambda: iter(w.blocks), (m, n), device)  # (r, r), blocked sums of exact products
     lam, q = torch.linalg.eigh(g)  # ascending
     del g
     lam = lam.flip(0)
     lam1 = float(lam[0])
     if lam1 <= 0:
         return None
-    # float32 values: exact products (the pass's rows always are; a float64 caller's may not be)
-    exact = w.dtype != torch.float64 or bool((w.to(torch.float32).to(torch.float64) == w).all())
-    bound = gram_error_bound((m, n), fro2, lam1, exact_products=exact)
+    bound = gram_error_bound((m, n), fro2, lam1, exact_products=w.float32_values())
     if float(lam[kmax - 1]) < (MIN_SIGMA_RATIO ** 2) * lam1 or float(lam[-1]) <= bound:
         return None
     sigma = lam.clamp(min=0).sqrt()
@@ -55,15 +91,32 @@ def top_factors(w: torch.Tensor, kmax: int) -> tuple[torch.Tensor, torch.Tensor,
     if 2.0 * float(torch.linalg.vector_norm(err)) / float(torch.linalg.vector_norm(sigma)) > DRIFT_ABS:
         return None
     top = q[:, -kmax:].flip(1).contiguous()  # (r, kmax): the largest first
-    if m >= n:  # W V_k = U_k S_k, row block by row block
-        other = torch.cat([w[s:s + ROWS].to(torch.float64) @ top for s in range(0, m, ROWS)])  # (m, kmax)
-    else:  # W^T U_k = V_k S_k, summed over row blocks
-        other = sum(w[s:s + ROWS].to(torch.float64).T @ top[s:s + ROWS] for s in range(0, m, ROWS))  # (n, kmax)
-    other, rr = torch.linalg.qr(other)
-    other = other * torch.sign(rr.diagonal())  # columns point as W V_k's do (sign kept, span unchanged)
+    del q
+    other = torch.zeros(max(m, n), kmax, dtype=torch.float64, device=device)  # W V_k (m, kmax) or W^T U_k (n, kmax)
+    for s, rows in w.spans(device):
+        if m >= n:  # W V_k = U_k S_k, row block by row block
+            torch.mm(rows, top, out=other[s:s + rows.shape[0]])
+        else:  # W^T U_k = V_k S_k, summed over row blocks
+            other.addmm_(rows.T, top[s:s + rows.shape[0]])
+    if not _orthonormalise(other):
+        return None
     if m >= n:
         return other, sigma, top.T.contiguous()
     return top, sigma, other.T.contiguous()
+
+
+def _orthonormalise(a: torch.Tensor) -> bool:
+    """a (p, k) <- the Q of its QR with a positive diagonal (columns point as a's did), in place, by
+    CholeskyQR2 a few rows at a time; False where a^T a is not numerically positive definite."""
+    rows = max(1, SPAN_BYTES // (8 * max(1, a.shape[1])))
+    for _ in range(2):
+        r, info = torch.linalg.cholesky_ex(a.T @ a, upper=True)
+        if int(info):
+            return False
+        for s in range(0, a.shape[0], rows):
+            block = a[s:s + rows]
+            block.copy_(torch.linalg.solve_triangular(r, block, upper=True, left=False))
+    return True
 
 
 def svd_seconds_estimate(m: int, n: int, gflops: float) -> float:

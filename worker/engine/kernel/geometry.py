@@ -18,7 +18,7 @@ The reference is three float64 SVDs per matrix (W and W~ with vectors, Delta val
 The fast path (factors.py) takes W's and W~'s top-k_max singular vectors (k_max = 20 %) and all
 their singular values from float64 Gram eigendecompositions where that is provably accurate,
 and Delta's singular values from the spectrum the update ranks already computed (spectra.py);
-tests/engine/test_geometry_fast.py holds it to metrics.md's tolerances against the reference.
+tests/engine/test_spectra.py holds it to metrics.md's tolerances against the reference.
 One projection per side gives every k at once: with L = U_k^T Delta (k x n) and
 M = L V_k (k x k), left(k) is the energy of L's first k rows, two-sided(k) that of M's
 top-left k x k block, right(k) that of (Delta V_k)'s first k columns.
@@ -31,7 +31,7 @@ import time
 
 import torch
 
-from worker.engine.kernel.factors import top_factors
+from worker.engine.kernel.factors import SPAN_BYTES, RowBlocks, top_factors
 from worker.engine.kernel.spectra import stable_and_effective
 
 QS = (0.01, 0.05, 0.10, 0.20)
@@ -42,7 +42,6 @@ SPECTRUM_DIGITS = 7  # significant digits kept of a stored singular value
 # Largest matrix (elements) whose geometry is computed: 2^28 (a 16k x 16k layer, 2 GiB in float64)
 # keeps every transformer block's matrices of a 70B model in and leaves out 100k+-row embeddings.
 MAX_ELEMENTS = 1 << 28
-ROWS = 4096  # rows of Delta taken to float64 at a time
 
 
 def ks(m: int, n: int) -> list[int]:
@@ -55,10 +54,18 @@ def _angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     cos from the singular values of a^T b, sin from those of b - a a^T b; atan2 of the
     pair is accurate near 0 and near 90 degrees alike, where arccos or arcsin alone are not.
+    b - a a^T b is taken a few rows at a time into the R of its QR (TSQR: the same singular
+    values, as backward-stably), never whole: for an embedding it and its SVD's copies would
+    be 0.3 GiB, the SVD phase's peak.
     """
     c = a.T @ b
     cos = torch.linalg.svdvals(c)  # descending
-    sin = torch.linalg.svdvals(b - a @ c).flip(0)  # ascending: pairs with descending cos
+    rows = max(1, SPAN_BYTES // (8 * max(1, a.shape[1])))
+    r = None
+    for s in range(0, a.shape[0], rows):
+        block = b[s:s + rows] - a[s:s + rows] @ c
+        r = torch.linalg.qr(block if r is None else torch.cat([r, block]), mode="r").R
+    sin = torch.linalg.svdvals(r).flip(0)  # ascending: pairs with descending cos
     return torch.atan2(sin, cos)
 
 
@@ -84,46 +91,48 @@ def spectrum(s: torch.Tensor) -> tuple[list[int] | None, list[float]]:
     return index, [float(f"{v:.{SPECTRUM_DIGITS}g}") for v in s.tolist()]
 
 
-def geometry(base: torch.Tensor, tuned: torch.Tensor, device: torch.device | str = "cpu",
-             delta_sigma: torch.Tensor | None = None, reference: bool = False) -> dict | None:
+def geometry(base: torch.Tensor | list[torch.Tensor], tuned: torch.Tensor | list[torch.Tensor],
+             device: torch.device | str = "cpu", delta_sigma: torch.Tensor | None = None,
+             reference: bool = False) -> dict | None:
     """The geometry record of one matrix (see the module docstring); None for non-finite weights.
 
-    base, tuned: (m, n) holding float32 values (the pass's rows); no float64 copy of either is made
-    on the fast path.
+    base, tuned: (m, n) holding float32 values, whole or as the same row blocks in order (the pass's
+    rows, 16-bit or float32); on the fast path no float64 copy of either is made, nor a joined one.
 
     `delta_sigma`: Delta's float64 singular values when already computed (the update ranks');
     `reference`: full float64 SVDs, no shortcut (what the tests hold the fast path to).
     """
     started = time.perf_counter()
-    base, tuned = base.to(device), tuned.to(device)
-    if not (bool(torch.isfinite(base).all()) and bool(torch.isfinite(tuned).all())):
+    base, tuned = RowBlocks(base), RowBlocks(tuned)
+    if not (base.finite() and tuned.finite()):
         return None
     m, n = base.shape
     k_list = ks(m, n)
     kmax = k_list[-1]
-    fast = None if reference else (top_factors(base, kmax), top_factors(tuned, kmax))
-    if fast is not None and fast[0] is not None and fast[1] is not None:
-        (u, s, vh), (ut, st, vht) = fast  # u (m, kmax), s (r,), vh (kmax, n)
+    base_factors = None if reference else top_factors(base, kmax, device)
+    tuned_factors = None if base_factors is None else top_factors(tuned, kmax, device)
+    if tuned_factors is not None:
+        (u, s, vh), (ut, st, vht) = base_factors, tuned_factors  # u (m, kmax), s (r,), vh (kmax, n)
     else:  # the reference: full float64 SVDs
-        u, s, vh = torch.linalg.svd(base.to(torch.float64), full_matrices=False)  # u (m, r), s (r,), vh (r, n)
-        ut, st, vht = torch.linalg.svd(tuned.to(torch.float64), full_matrices=False)
+        u, s, vh = torch.linalg.svd(base.whole(device), full_matrices=False)  # u (m, r), s (r,), vh (r, n)
+        ut, st, vht = torch.linalg.svd(tuned.whole(device), full_matrices=False)
         u, vh, ut, vht = u[:, :kmax], vh[:kmax], ut[:, :kmax], vht[:kmax]
 
-    # Delta in float64 a row block at a time: (base, tuned) hold float32 values, their difference is exact in float64
+    # Delta in float64 a few rows at a time: (base, tuned) hold float32 values, their difference is exact in float64
     def delta_blocks():
-        for a in range(0, m, ROWS):
-            yield a, tuned[a:a + ROWS].to(torch.float64) - base[a:a + ROWS].to(torch.float64)
+        for (a, b), (_, t) in zip(base.spans(device), tuned.spans(device)):
+            yield a, t - b  # not in place: a float64 caller's rows are its own tensor
 
     if delta_sigma is not None:
         sd = delta_sigma.to(torch.float64).cpu()
     else:
-        sd = torch.linalg.svdvals(torch.cat([d for _, d in delta_blocks()])).cpu()
+        sd = torch.linalg.svdvals(torch.cat([d for _, d in delta_blocks()])).cpu()  # tests only: the pass gives it
     fro2 = 0.0
     left_rows = torch.zeros(kmax, n, dtype=torch.float64, device=device)  # U_k^T Delta
     right_cols = torch.zeros(kmax, dtype=torch.float64, device=device)  # column energies of Delta V_k
     for a, d in delta_blocks():
         fro2 += float(d.square().sum())
-        left_rows += u[a:a + ROWS].T @ d
+        left_rows.addmm_(u[a:a + d.shape[0]].T, d)
         right_cols += (d @ vh.T).square().sum(dim=0)
     energy: dict[str, list[float | None]]
     if fro2 > 0:

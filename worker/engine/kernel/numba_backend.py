@@ -15,10 +15,15 @@ per element ("changed?") costs more than the work when the changes are scattered
    compress stores, 16 elements each, where the CPU has them (`_COMPRESS`), else a loop
    that writes every element and moves its cursor by the mark (and skips blocks of 16
    equal elements when few differ);
-3. `_values`, `_classify`: for those only, the exact float64 delta, its curve bin, ULP
-   bucket (bit length of the distance - 1) and chosen-tolerance flag, and the sums;
+3. `_values`, `classify` (numba_classify.py): for those only, the exact float64 delta,
+   its curve bin, ULP bucket (bit length of the distance - 1) and chosen-tolerance flag,
+   and the sums;
 4. two histogram increments per differing element (curve (bin, refine bit), ULP), then
    rows, columns and the mask for the elements changed at the chosen tolerance.
+
+The precision view (numba_precision.py) adds an exponent histogram of every base element to
+step 1, its per-element terms to step 3 (numba_classify.py) and one increment to step 4;
+`view=False` (the bench's "no view") compiles none of it into the loops.
 
 Equal bits are equal values, except NaN (changed at every tolerance, even against the
 same NaN): a chunk whose base holds a NaN marks its NaN positions too (`_mark_nan`).
@@ -32,26 +37,17 @@ from page cache.
 
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
 import torch
-from numba.cpython.unsafe.numbers import leading_zeros
 
 from worker.engine.kernel import numba_precision as precision
 from worker.engine.kernel.avx512 import compress16 as _compress16
 from worker.engine.kernel.avx512 import has_compress as _has_compress
-from worker.engine.kernel.bins import (
-    FORMATS,
-    MAG_BINS,
-    NO_RATIO,
-    NO_ULP,
-    ULP_BUCKETS,
-    WIDE_BIN_OFFSET,
-    PieceStats,
-    Thresholds,
-    class_table,
-    fold_keys,
-)
+from worker.engine.kernel.bins import FORMATS, MAG_BINS, NO_RATIO, ULP_BUCKETS, PieceStats, Thresholds, class_table
+from worker.engine.kernel.numba_classify import classify, classify_view
 
 # Raw-bit integer dtype and sign bit for each supported compare dtype.
 _RAW = {
@@ -224,68 +220,20 @@ def _values(cb, cu, m, vb, vu, table, kind):
 
 
 @numba.njit(nogil=True, cache=True, fastmath=_FAST)
-def _classify(cb, cu, vb, vu, m, shift, nan_bin, chosen, bins, ads, ub, fl):
-    """Per marked element: its curve bin, |delta|, ULP bucket and chosen flag.
-
-    Everything is compared in float64, where every delta is exact, so `chosen` is the
-    tolerance itself. NaN on either side: the top bin, no ULP bucket, changed at every
-    tolerance. Equal values (-0 against +0): bin and bucket in the spare slots. (The
-    refine bit needs a table look-up per bin, which would keep this loop from SIMD: the
-    histogram loop does it.)
-    Returns (delta_sq, bits of max |delta|, nan, values that differ, chosen changed).
-    """
-    mag = (np.int64(1) << shift) - 1
-    spare_bin = nan_bin + 1
-    spare_ulp = NO_ULP  # ULP buckets 0..32: distances up to 2^32
-    delta_sq = 0.0
-    max_bits = np.int64(0)
-    nan = 0
-    differ = 0
-    chosen_changed = 0
-    for p in range(m):
-        rb = np.int64(cb[p])
-        ru = np.int64(cu[p])
-        bv = np.float64(vb[p])
-        uv = np.float64(vu[p])
-        d = uv - bv  # exact: float64 holds any difference of two float32 values
-        ad = abs(d)
-        eq = uv == bv
-        isnan = d != d  # NaN on either side (equal infinities are equal, never here)
-        ok = not (eq or isnan)
-        bits = np.float64(ad).view(np.int64)
-        # The float32 curve bin (exponent, 3 mantissa bits) read off the float64 bits.
-        k = min(max((bits >> 49) - WIDE_BIN_OFFSET, 0), nan_bin)
-        bins[p] = spare_bin if eq else k
-        ads[p] = ad
-        # ULP distance of sign-magnitude patterns: |a - c| on one side of zero, a + c across it;
-        # its bucket ceil(log2 dist) is the bit length of dist - 1 (dist >= 1 when the values differ).
-        a = rb & mag
-        c = ru & mag
-        dist = abs(a - c) if ((rb ^ ru) >> shift) == 0 else a + c
-        ub[p] = (64 - leading_zeros(np.uint64(dist - 1))) if ok else spare_ulp
-        f = (ad > chosen) | isnan
-        fl[p] = f
-        delta_sq += d * d if ok else 0.0
-        mb = bits if ok else np.int64(0)
-        max_bits = mb if mb > max_bits else max_bits
-        nan += isnan
-        differ += not eq
-        chosen_changed += f
-    return delta_sq, max_bits, nan, differ, chosen_changed
-
-
-@numba.njit(nogil=True, cache=True, fastmath=_FAST)
 def _measure(b_raw, u_raw, table, kind, shift, lut, nan_bin, chosen, cols, curve, ulp, mask, want_mask, col_flags,
-             compress, mbits, emin, keys, cls, ncls, magcls, cf_kinds, cf):
+             compress, view, mbits, emin, keys, bias, nan_in_top, compared, cls, ncls, joint_counts, magcls,
+             magratio, cf_kinds, cf):
     """Fold one piece into `curve` (2 nbins + 1 counts: (bin, refine bit) pairs and a spare
     slot), `ulp` (buckets and a spare slot), `mask` (when `want_mask`) and `col_flags`.
     `lut` is the tolerance of each curve bin, +inf for none and for the spare bin.
-    The precision view (numba_precision.py): `keys` counts every base element by its raw
-    sign+exponent bits (>> mbits), `magcls` the differing ones by (magnitude bin, ratio bucket,
-    tolerance class `cls` of (bin, refine bit)), `cf` their classes in the storage
-    counterfactuals (`cf_kinds` of them).
-    Returns (nan, delta_sq, base_sq, max_abs, rows_touched, chosen_changed, base zeros, base
-    NaNs, sum b u, sum b^2, sum u^2 over the differing elements).
+    The precision view (numba_precision.py), when `view`: `keys` counts every base element by its exponent
+    bits, `compared` the same per magnitude bin at the end; `joint_counts` (all zero, and left
+    so) the differing ones by (magnitude bin, ratio bucket, tolerance class `cls` of (bin, refine
+    bit)), one increment each, folded at the end into `magcls` (bin, class) and `magratio` (bin,
+    bucket), the two small tables the view reads and the pass adds up; `cf` their classes in the
+    storage counterfactuals (`cf_kinds` of them).
+    Returns (nan, delta_sq, base_sq, max_abs, rows_touched, chosen_changed, sum b u, sum b^2,
+    sum u^2 over the differing elements).
     """
     n = b_raw.shape[0]
     nan = 0
@@ -323,20 +271,24 @@ def _measure(b_raw, u_raw, table, kind, shift, lut, nan_bin, chosen, cols, curve
         base_sq += s
         zeros += z
         nans_base += base_nans
-        precision.key_histogram(b, keys, mbits)
+        if view:
+            precision.key_histogram(b, keys, mbits, keys.shape[1] - 1)
         if base_nans:
             count = _mark_nan(b, ne, table, kind)
         if count == 0:
             continue
         m = _compact(b, u, ne, count, idx, cb, cu, compress)
         _values(cb, cu, m, vb, vu, table, kind)
-        dsq, mb, nn, df, cc = _classify(cb, cu, vb, vu, m, shift, nan_bin, chosen, bins, ads, ub, fl)
+        if view:
+            dsq, mb, nn, df, cc, pbu, pbb, puu = classify_view(cb, cu, vb, vu, m, shift, nan_bin, chosen, bins, ads,
+                                                                ub, fl, mbits, emin, joint)
+        else:
+            dsq, mb, nn, df, cc, pbu, pbb, puu = classify(cb, cu, vb, vu, m, shift, nan_bin, chosen, bins, ads, ub, fl)
         delta_sq += dsq
         max_bits = mb if mb > max_bits else max_bits
         nan += nn
         differ += df
         chosen_changed += cc
-        pbu, pbb, puu = precision.classify(vb, vu, ads, m, mbits, emin, joint)
         bu += pbu
         bb += pbb
         uu += puu
@@ -345,7 +297,8 @@ def _measure(b_raw, u_raw, table, kind, shift, lut, nan_bin, chosen, cols, curve
             r = 2 * k + (not ads[p] <= lut[k])  # NaN is refined (above +inf), as on the torch path
             curve[r] += 1
             ulp[ub[p]] += 1
-            magcls[joint[p] * ncls + cls[r]] += 1  # (magnitude bin, ratio bucket, tolerance class)
+            if view:
+                joint_counts[joint[p] * ncls + cls[r]] += 1  # (magnitude bin, ratio bucket, tolerance class)
         if cf_kinds:
             precision.counterfactual(vb, vu, m, cf_kinds, lut, cls, nan_bin, cf, ncls)
         if cc == 0:
@@ -371,8 +324,10 @@ def _measure(b_raw, u_raw, table, kind, shift, lut, nan_bin, chosen, cols, curve
     if cols > 0:
         rows_touched += row_hit
     curve[0] += n - differ
-    return (nan, delta_sq, base_sq, np.int64(max_bits).view(np.float64), rows_touched, chosen_changed, zeros,
-            nans_base, bu, bb, uu)
+    if view:
+        precision.fold_keys(keys, bias, zeros, nans_base, nan_in_top, compared)
+        precision.fold_joint(joint_counts, compared, ncls, magcls, magratio)
+    return nan, delta_sq, base_sq, np.int64(max_bits).view(np.float64), rows_touched, chosen_changed, bu, bb, uu
 
 
 def _with_spare(lut: np.ndarray) -> np.ndarray:
@@ -387,17 +342,30 @@ def _with_spare(lut: np.ndarray) -> np.ndarray:
 
 
 _SPARE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+_THREAD = threading.local()
+
+
+def _joint_scratch(ncls: int) -> np.ndarray:
+    """This thread's all-zero (magnitude bin, ratio bucket, class) table: allocated once, since a
+    piece touches a few of its rows and the kernel zeroes those again (pieces of one pass run on
+    several threads, one at a time on each)."""
+    size = MAG_BINS * (NO_RATIO + 1) * ncls
+    table = getattr(_THREAD, "joint", None)
+    if table is None or table.shape[0] < size:
+        table = _THREAD.joint = np.zeros(size, np.uint32)
+    return table
 
 
 def measure_cpu(base: torch.Tensor, tuned: torch.Tensor, dtype: torch.dtype, cols: int | None,
                 lut: np.ndarray, chosen: float, want_mask: bool = True, cls: np.ndarray | None = None,
-                cf_kinds: int = 0):
+                cf_kinds: int = 0, view: bool = True):
     """Run the fused pass on CPU tensors already in `dtype`; numpy outputs and scalars.
 
     Returns (curve, ulp, mask or None, col_flags, (nan, delta_sq, base_sq, max_abs,
     rows_touched, chosen_changed), precision): curve holds (bin, refine bit) pairs, as the torch
     path counts them; precision is (compared per magnitude bin, the differing elements per
-    (bin, ratio bucket, tolerance class), counterfactual classes, dot, tuned_sq).
+    (bin, tolerance class) and per (bin, ratio bucket), counterfactual classes, dot, tuned_sq),
+    or None without the `view`.
     """
     n = base.numel()
     nbins = lut.shape[0]
@@ -408,30 +376,33 @@ def measure_cpu(base: torch.Tensor, tuned: torch.Tensor, dtype: torch.dtype, col
     else:
         raw, sign = _RAW[dtype]
         shift = sign.bit_length() - 1
-        view = torch.int16 if raw == np.uint16 else torch.uint8
-        b_raw = base.view(view).numpy().view(raw)
-        u_raw = tuned.view(view).numpy().view(raw)
+        as_int = torch.int16 if raw == np.uint16 else torch.uint8
+        b_raw = base.view(as_int).numpy().view(raw)
+        u_raw = tuned.view(as_int).numpy().view(raw)
         table, kind = (_DUMMY_TABLE, _BF16) if dtype == torch.bfloat16 else (_table(dtype), _BY_TABLE)
     if cls is None:
         cls = np.zeros(2 * nbins + 2, np.int64)
     ncls = int(cls.max()) + 1
-    mbits, emin, _, width = FORMATS[dtype]
+    mbits, emin, bias, width = FORMATS[dtype]
     curve = np.zeros(2 * nbins + 1, np.int64)
     ulp = np.zeros(ULP_BUCKETS + 1, np.int64)
     mask = np.zeros(n if want_mask else 1, np.uint8)
     col_flags = np.zeros(cols or 1, np.uint8)
-    keys = np.zeros((8, 1 << (width - mbits)), np.uint32)  # a piece has fewer than 2^32 elements
-    magcls = np.zeros(MAG_BINS * (NO_RATIO + 1) * ncls, np.uint32)
-    cf = np.zeros(2 * ncls, np.int64)
+    size = 1 if not view else None  # without the view its tables are never touched: no allocations
+    keys = np.zeros((8, size or 1 << (width - 1 - mbits)), np.uint32)  # a piece has fewer than 2^32 elements
+    compared = np.zeros(size or MAG_BINS, np.int64)
+    magcls = np.zeros(size or MAG_BINS * ncls, np.uint32)
+    magratio = np.zeros(size or MAG_BINS * (NO_RATIO + 1), np.uint32)
+    cf = np.zeros(size or 2 * ncls, np.int64)
     out = _measure(b_raw, u_raw, table, kind, shift, _with_spare(lut), nbins - 1, chosen, cols or 0,
-                   curve, ulp, mask, want_mask, col_flags, _COMPRESS, mbits, emin, keys, cls, ncls, magcls,
-                   cf_kinds, cf)
-    nan, delta_sq, base_sq, max_abs, rows_touched, chosen_changed, zeros, nans_base, bu, bb, uu = out
-    compared = fold_keys(keys.sum(axis=0, dtype=np.int64), dtype, zeros, nans_base)
+                   curve, ulp, mask, want_mask, col_flags, _COMPRESS, view, mbits, emin, keys,
+                   bias, dtype == torch.float8_e4m3fn, compared, cls, ncls, _joint_scratch(ncls if view else 0), magcls, magratio,
+                   cf_kinds if view else 0, cf)
+    nan, delta_sq, base_sq, max_abs, rows_touched, chosen_changed, bu, bb, uu = out
     # Equal bits are equal values: b u = b^2 = u^2 there, so the differing elements' sums correct base_sq.
     equal_sq = base_sq - bb
-    precision = (compared, magcls.reshape(MAG_BINS, NO_RATIO + 1, ncls), cf.reshape(2, ncls)[:cf_kinds],
-                 equal_sq + bu, equal_sq + uu)
+    precision = (compared, magcls.reshape(MAG_BINS, ncls), magratio.reshape(MAG_BINS, NO_RATIO + 1),
+                 cf.reshape(2, ncls)[:cf_kinds], equal_sq + bu, equal_sq + uu) if view else None
     return (curve[:-1], ulp[:-1], mask.view(np.bool_) if want_mask else None, col_flags.view(np.bool_),
             (nan, delta_sq, base_sq, max_abs, rows_touched, chosen_changed), precision)
 
@@ -439,24 +410,25 @@ def measure_cpu(base: torch.Tensor, tuned: torch.Tensor, dtype: torch.dtype, col
 class NumbaBackend:
     """Per-piece statistics with the fused loop; CPU tensors of the dtypes in SUPPORTED."""
 
-    def __init__(self, thresholds: Thresholds, chosen: float):
+    def __init__(self, thresholds: Thresholds, chosen: float, view: bool = True):
         self._lut = thresholds.values
         self._cls = class_table(thresholds)
         self.chosen = float(chosen)
+        self.view = view
 
     def measure(self, base, tuned, compare_dtype, cols, want_rank, keep_masks=True, cf_kinds=0) -> PieceStats:
         curve, ulp, mask, col_flags, out, prec = measure_cpu(
             base.contiguous(), tuned.contiguous(), compare_dtype, cols, self._lut, self.chosen, keep_masks,
-            self._cls, cf_kinds)
+            self._cls, cf_kinds, self.view)
         nan, delta_sq, base_sq, max_abs, rows_touched, chosen_changed = out
-        compared, joint, cf, dot, tuned_sq = prec
+        compared, classes, ratio, cf, dot, tuned_sq = prec or (None, None, None, None, 0.0, 0.0)
         stats = PieceStats(
             curve=torch.from_numpy(curve), ulp=torch.from_numpy(ulp),
             mask=torch.from_numpy(mask) if mask is not None else None,
             numel=base.numel(), nan=nan, delta_sq=delta_sq, base_sq=base_sq, max_abs=max_abs,
             rows_touched=rows_touched, cols_touched=torch.from_numpy(col_flags) if cols else None,
             chosen_changed=chosen_changed,
-            mag_compared=compared, mag_joint=joint, counterfactual=cf,
+            mag_compared=compared, mag_classes=classes, mag_ratio=ratio, counterfactual=cf,
             dot=dot, tuned_sq=tuned_sq,
         )
         if want_rank and cols:

@@ -2,12 +2,14 @@
 
 Called from `numba_backend._measure`, chunk by chunk, inside the same single pass:
 
-- `key_histogram`: every base element by its raw sign+exponent bits (bits >> mantissa bits):
-  one shift and one increment per element, the only per-element work this view adds;
-  `bins.fold_keys` turns it into compared elements per magnitude bin;
-- `classify`: for the elements whose bits differ only (as the rest of the kernel), the
-  base's magnitude bin, the ratio bucket of |Delta| / spacing(base) and the float64
-  sums the cosine needs;
+- `key_histogram`: every base element by the exponent bits of its raw pattern: one shift, one
+  mask and one increment per element, the only per-element work this view adds; `fold_keys`
+  turns it into compared elements per magnitude bin, once per piece;
+- `element`: for the elements whose bits differ only (as the rest of the kernel), inlined
+  into `numba_classify.classify_view`: the base's magnitude bin, the ratio bucket of
+  |Delta| / spacing(base) and the float64 terms the cosine needs; the kernel counts each
+  into one (bin, ratio bucket, tolerance class) table, and `fold_joint` turns that into the
+  two tables the view reads;
 - `counterfactual`: for pairs wider than bf16, the same elements rounded to bf16 (and to
   fp16 for fp32 pairs), round to nearest even, and their tolerance class.
 """
@@ -17,55 +19,89 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from worker.engine.kernel.bins import MAG_NONFINITE, MAG_OFFSET, MAG_SUBNORMAL, NO_RATIO, WIDE_BIN_OFFSET
+from worker.engine.kernel.bins import MAG_NONFINITE, MAG_OFFSET, MAG_SUBNORMAL, MAG_ZERO, NO_RATIO, WIDE_BIN_OFFSET
 
 _FAST = {"reassoc", "contract"}
 
 
 @numba.njit(nogil=True, cache=True)
-def key_histogram(b, hist, shift):
-    """hist[j, b[i] >> shift] += 1 over the chunk, j = i % 8 (b: raw unsigned patterns; hist uint32 [8, keys]).
-    Eight sub-histograms: most weights share a few exponents, and increments of one counter in a row
-    would wait on each other's stores."""
+def key_histogram(b, hist, shift, top):
+    """hist[j, (b[i] >> shift) & top] += 1 over the chunk, j = i % 8 (b: raw unsigned patterns; hist
+    uint32 [8, top + 1]). Eight sub-histograms: most weights share a few exponents, and increments
+    of one counter in a row would wait on each other's stores."""
     s = np.uint32(shift)
+    t = np.uint32(top)
     n = b.shape[0] // 8 * 8
     for i in range(0, n, 8):
         for j in range(8):
-            hist[j, np.uint32(b[i + j]) >> s] += 1
+            hist[j, (np.uint32(b[i + j]) >> s) & t] += 1
     for i in range(n, b.shape[0]):
-        hist[0, np.uint32(b[i]) >> s] += 1
+        hist[0, (np.uint32(b[i]) >> s) & t] += 1
 
 
-@numba.njit(nogil=True, cache=True, fastmath=_FAST)
-def classify(vb, vu, ads, m, mbits, emin, joint):
-    """Per marked element p < m: joint[p] = its magnitude bin x (NO_RATIO + 1) + the ratio bucket of
-    |Delta| / spacing(base) (NO_RATIO where the values are equal or NaN), and (sum b u, sum b^2,
-    sum u^2) over them, NaN terms left out (every product is exact in float64; only the order of
-    additions differs)."""
-    bu = 0.0
-    bb = 0.0
-    uu = 0.0
-    for p in range(m):
-        bv = np.float64(vb[p])
-        uv = np.float64(vu[p])
-        nb = bv != bv
-        nu = uv != uv
-        bb += 0.0 if nb else bv * bv
-        uu += 0.0 if nu else uv * uv
-        bu += 0.0 if (nb or nu) else bv * uv
-        eb = ((np.float64(abs(bv)).view(np.int64) >> 52) & 0x7FF) - 1023  # floor(log2 |b|) for normal values
-        k = eb + MAG_OFFSET
-        k = MAG_SUBNORMAL if eb < emin else k
-        k = 0 if bv == 0.0 else k
-        k = MAG_NONFINITE if eb == 1024 else k
-        # ceil(log2 |Delta|) minus the exponent of the base's spacing 2^(max(e, emin) - mbits)
-        bits = np.float64(ads[p]).view(np.int64)
-        up = (bits & 0xFFFFFFFFFFFFF) != 0
-        c = ((bits >> 52) - 1023) + up - (max(eb, emin) - mbits)
-        c = min(max(c, 0), 32)
-        ok = not (uv == bv or nb or nu)
-        joint[p] = k * (NO_RATIO + 1) + (c if ok else NO_RATIO)
-    return bu, bb, uu
+@numba.njit(nogil=True, cache=True)
+def fold_keys(keys, bias, zeros, nans, nan_in_top, out):
+    """Compared elements per magnitude bin (out: MAG_BINS counts) from `key_histogram`'s counts per
+    exponent, the count of zeros and of NaNs; `nan_in_top`: the format's NaN shares the top exponent
+    with finite values (e4m3fn), which then counts as a normal exponent."""
+    top = keys.shape[1] - 1
+    per = np.zeros(top + 1, np.int64)
+    for j in range(keys.shape[0]):
+        for k in range(top + 1):
+            per[k] += keys[j, k]
+    out[MAG_ZERO] = zeros
+    out[MAG_SUBNORMAL] = per[0] - zeros
+    for e in range(1, top):
+        out[e - bias + MAG_OFFSET] = per[e]
+    if nan_in_top:
+        out[top - bias + MAG_OFFSET] = per[top] - nans
+        out[MAG_NONFINITE] = nans
+    else:
+        out[MAG_NONFINITE] = per[top]
+
+
+@numba.njit(nogil=True, cache=True)
+def fold_joint(joint, compared, ncls, classes, ratio):
+    """Add the (magnitude bin, ratio bucket or NO_RATIO, tolerance class) counts of `joint` into
+    classes (bin, class) and ratio (bin, bucket), and zero `joint` again. Only the bins that hold
+    base elements (compared > 0) can hold counts: the rest of the table is never read. No branch
+    on the counts: the loops run as SIMD over the few hundred cells of a bin."""
+    width = (NO_RATIO + 1) * ncls
+    for k in range(compared.shape[0]):
+        if compared[k] == 0:
+            continue
+        cells = joint[k * width:(k + 1) * width]
+        for q in range(NO_RATIO + 1):
+            t = np.uint32(0)
+            for c in range(ncls):
+                v = cells[q * ncls + c]
+                t += v
+                classes[k * ncls + c] += v
+            ratio[k * (NO_RATIO + 1) + q] += t
+        cells[:] = 0
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def element(bv, uv, ad, mbits, emin):
+    """The precision view of one marked element (float64 values bv, uv, ad = |uv - bv|), inlined into
+    the kernel's classify loop: (its magnitude bin x (NO_RATIO + 1) + the ratio bucket of
+    |Delta| / spacing(base), NO_RATIO where the values are equal or NaN; b^2, u^2, b u with NaN
+    terms 0). Every product is exact in float64; only the order of the additions differs."""
+    nb = bv != bv
+    nu = uv != uv
+    eb = ((np.float64(abs(bv)).view(np.int64) >> 52) & 0x7FF) - 1023  # floor(log2 |b|) for normal values
+    k = eb + MAG_OFFSET
+    k = MAG_SUBNORMAL if eb < emin else k
+    k = 0 if bv == 0.0 else k
+    k = MAG_NONFINITE if eb == 1024 else k
+    # ceil(log2 |Delta|) minus the exponent of the base's spacing 2^(max(e, emin) - mbits)
+    bits = np.float64(ad).view(np.int64)
+    up = (bits & 0xFFFFFFFFFFFFF) != 0
+    c = ((bits >> 52) - 1023) + up - (max(eb, emin) - mbits)
+    c = min(max(c, 0), 32)
+    ok = not (uv == bv or nb or nu)
+    joint = k * (NO_RATIO + 1) + (c if ok else NO_RATIO)
+    return joint, 0.0 if nb else bv * bv, 0.0 if nu else uv * uv, 0.0 if (nb or nu) else bv * uv
 
 
 @numba.njit(nogil=True, cache=True, inline="always")

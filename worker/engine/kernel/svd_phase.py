@@ -23,7 +23,7 @@ import functools
 
 import torch
 
-from worker.engine.kernel.geometry import geometry
+from worker.engine.kernel.geometry import geometry, ks
 from worker.engine.kernel.spectra import delta_spectrum
 
 
@@ -53,6 +53,25 @@ def _delta(base: torch.Tensor, tuned: torch.Tensor) -> torch.Tensor:
     return d
 
 
+def kept_bytes(shape: tuple[int, int], compare_dtype: torch.dtype, want_geometry: bool) -> int:
+    """What the pass keeps of a matrix for its SVDs: both sides' rows with geometry (16-bit ones as
+    they are, others as float32: Kernel.measure), else Delta's rows in float32."""
+    m, n = shape
+    if want_geometry:
+        return 2 * m * n * (2 if compare_dtype in (torch.bfloat16, torch.float16) else 4)
+    return 4 * m * n
+
+
+def job_bytes(shape: tuple[int, int], kept: int, want_geometry: bool) -> int:
+    """About the most memory `finish_svds` holds at once for a matrix: the `kept` rows, the Gram
+    matrix with its eigenvectors and, with geometry, both sides' U_k in float64."""
+    m, n = shape
+    held = kept + 2 * 8 * min(m, n) ** 2
+    if want_geometry:
+        held += 2 * 8 * max(m, n) * ks(m, n)[-1]
+    return held
+
+
 def finish_svds(acc, device: torch.device | str) -> dict:
     """Record fields of one matrix's rank and geometry (acc: a TensorAccumulator that wanted them)."""
     out: dict = {}
@@ -71,9 +90,8 @@ def finish_svds(acc, device: torch.device | str) -> dict:
         out.update(rank=spec["rank"], rank_ratio=spec["rank"] / r, rank_f64=spec["rank_f64"],
                    rank_f64_ratio=spec["rank_f64"] / r,
                    rank_path={"values": spec["values"], "study": spec["study"]})
-    if acc.want_geometry:
-        base = torch.cat([b for b, _ in acc.geometry_rows])
-        tuned = torch.cat([t for _, t in acc.geometry_rows])
+    if acc.want_geometry:  # the row blocks as the pass kept them, never joined
+        base, tuned = [b for b, _ in acc.geometry_rows], [t for _, t in acc.geometry_rows]
         acc.geometry_rows.clear()
         out["geometry"] = geometry(base, tuned, device, delta_sigma=spec["sigma"] if spec else None)
     return out

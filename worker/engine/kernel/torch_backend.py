@@ -50,8 +50,9 @@ def _key_dtype(dtype: torch.dtype) -> tuple[torch.dtype, torch.dtype, int]:
 class TorchBackend:
     """Per-piece statistics with torch ops on `device`."""
 
-    def __init__(self, thresholds: Thresholds, chosen_bits: int, device: torch.device):
+    def __init__(self, thresholds: Thresholds, chosen_bits: int, device: torch.device, view: bool = True):
         self.device = device
+        self.view = view  # the precision view
         self._lut64 = torch.from_numpy(thresholds.bits).to(device)
         self._chosen64 = chosen_bits
         self._cls = torch.from_numpy(class_table(thresholds)).to(device)
@@ -96,7 +97,7 @@ class TorchBackend:
         if want_rank and cols:
             stats.delta_rows = torch.nan_to_num(delta).float().view(-1, cols).cpu()
         stats.mask = mask.cpu()
-        if compare_dtype in FORMATS:
+        if self.view and compare_dtype in FORMATS:
             self._precision(stats, base, tuned, b, u, delta, bits, pair, compare_dtype, cf_kinds)
         return stats
 
@@ -122,9 +123,9 @@ class TorchBackend:
         up = (bits & 0xFFFFFFFFFFFFF) != 0
         ratio = (((bits >> 52) & 0x7FF) - 1023 + up - (torch.clamp(eb, min=emin) - mbits)).clamp_(0, RATIO_BUCKETS - 1)
         ratio = torch.where(moved, ratio, RATIO_BUCKETS)  # NO_RATIO: equal values and NaN
-        key = (mag * (RATIO_BUCKETS + 1) + ratio) * ncls + cls
-        stats.mag_joint = torch.bincount(key, minlength=MAG_BINS * (RATIO_BUCKETS + 1) * ncls).view(
-            MAG_BINS, RATIO_BUCKETS + 1, ncls).cpu().numpy()
+        stats.mag_classes = torch.bincount(mag * ncls + cls, minlength=MAG_BINS * ncls).view(MAG_BINS, ncls).cpu().numpy()
+        stats.mag_ratio = torch.bincount(mag * (RATIO_BUCKETS + 1) + ratio, minlength=MAG_BINS * (RATIO_BUCKETS + 1)).view(
+            MAG_BINS, RATIO_BUCKETS + 1).cpu().numpy()
         cf = []
         for narrow in (torch.bfloat16, torch.float16)[:cf_kinds]:
             rb, ru = base.to(narrow).double(), tuned.to(narrow).double()
