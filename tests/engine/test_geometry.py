@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from worker.engine import AnalysisOptions, EngineError, analyze, open_source, parse_source
+from worker.engine import AnalysisOptions, EngineError, analysis, analyze, open_source, parse_source
 from worker.engine.kernel import geometry as G
 
 M, N = 120, 80  # r = 80: k = 1, 4, 8, 16
@@ -208,7 +208,7 @@ def _checkpoint(path, state):
     return str(path)
 
 
-def test_analyze_reports_geometry_of_each_matrix(tmp_path):
+def test_analyze_reports_geometry_of_each_matrix(tmp_path, monkeypatch):
     gen = torch.Generator().manual_seed(0)
     base = {"model.embed_tokens.weight": torch.randn(300, 24, generator=gen).to(torch.bfloat16)}
     for i in range(5):
@@ -252,6 +252,21 @@ def test_analyze_reports_geometry_of_each_matrix(tmp_path):
     assert layer0["geometry"]["matrices"] == 2
     norm = next(g for g in result["modules"] if g["module"] == "input_layernorm")
     assert norm["geometry"] is None
+
+    # Every SVD job "big": each runs alone on every core and the pass waits for the others before
+    # reading its matrix; the numbers stay the same
+    monkeypatch.setattr(analysis._SvdFinisher, "BIG_JOB_BYTES", 0)
+
+    def numbers(res):  # every number of every geometry record but its timing, in order
+        def walk(x):
+            if isinstance(x, dict):
+                return [v for k, y in sorted(x.items()) if k != "seconds" for v in walk(y)]
+            return [v for y in x for v in walk(y)] if isinstance(x, list) else [math.nan if x is None else x]
+        return walk([r["geometry"] for r in res["tensors"] if r["geometry"]])
+
+    # the same up to the order of float64 sums (intra-op threads differ)
+    assert numbers(run("all")) == pytest.approx(numbers(result), rel=1e-9, abs=1e-12, nan_ok=True)
+    monkeypatch.undo()
 
     sampled = run("sampled")  # first, middle and last layer of the stack, as rank samples
     assert {r["layer"] for r in sampled["tensors"] if r["geometry"]} == {0, 2, 4}

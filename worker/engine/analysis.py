@@ -151,9 +151,9 @@ class _SvdFinisher:
     SVDs on half the cores each finish sooner than one after the other on all of them; on
     CUDA one at a time. Memory stays bounded: at most `workers` finished matrices wait or
     run (the pass waits for the oldest before handing over another), plus the one being read,
-    and a job that holds over BIG_JOB_BYTES (an embedding or head with geometry) runs alone:
-    the pass waits for the others before it reads that matrix, and for it before handing over
-    the next.
+    and a job that holds over BIG_JOB_BYTES (an embedding or head with geometry) runs alone,
+    on every core: the pass waits for the others before it reads that matrix, and for it
+    before handing over the next.
     Records are completed on the calling thread, in submission order.
     """
 
@@ -162,6 +162,7 @@ class _SvdFinisher:
     def __init__(self, kernel: Kernel, device: torch.device, finished, showing):
         n = cores()
         self.kernel = kernel
+        self.cores = n
         self.workers = 1 if device.type == "cuda" or n < 2 else 2
         self.threads = max(1, n // self.workers)
         self.finished = finished
@@ -169,8 +170,9 @@ class _SvdFinisher:
         self.pool: ThreadPoolExecutor | None = None
         self.pending: deque = deque()  # (pair, future), oldest first
 
-    def _finish(self, acc):
-        torch.set_num_threads(self.threads)  # this thread's own setting (ATen and MKL keep one per thread)
+    def _finish(self, acc, alone: bool):
+        # this thread's own setting (ATen and MKL keep one per thread); a job that runs alone takes every core
+        torch.set_num_threads(self.cores if alone else self.threads)
         return self.kernel.finish(acc)
 
     def _big(self, shape, kept: int, want_geometry: bool) -> bool:
@@ -188,7 +190,7 @@ class _SvdFinisher:
             self._complete_oldest()
         if self.pool is None:
             self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="svd")
-        self.pending.append((pair, self.pool.submit(self._finish, acc), big))
+        self.pending.append((pair, self.pool.submit(self._finish, acc, big), big))
         self.showing(pair)
 
     def _complete_oldest(self) -> None:
