@@ -104,6 +104,8 @@ def geometry(base: torch.Tensor | list[torch.Tensor], tuned: torch.Tensor | list
     """
     started = time.perf_counter()
     base, tuned = RowBlocks(base), RowBlocks(tuned)
+    if [b.shape for b in base.blocks] != [t.shape for t in tuned.blocks]:
+        raise ValueError("base and tuned must come as the same row blocks")  # Delta is taken block by block
     if not (base.finite() and tuned.finite()):
         return None
     m, n = base.shape
