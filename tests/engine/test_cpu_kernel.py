@@ -72,14 +72,15 @@ def test_fused_kernel_equals_the_torch_path(monkeypatch, dtype, share, compress)
             assert math.isclose(fused.base_sq, ref.base_sq, rel_tol=1e-12), where
             assert fused.chosen_changed == int(ref.mask.sum()), where
             # the precision view
-            assert np.array_equal(fused.mag_compared, ref.mag_compared), where
+            fp, rp = fused.precision, ref.precision
+            assert np.array_equal(fp.compared, rp.compared), where
             # class 0 and the no-ratio bucket hold the unchanged elements, which the fused loop never visits
-            assert np.array_equal(fused.mag_classes[:, 1:], ref.mag_classes[:, 1:]), where
-            assert np.array_equal(fused.mag_ratio[:, :-1], ref.mag_ratio[:, :-1]), where
-            assert fused.mag_classes.sum() == fused.mag_ratio.sum(), where  # both count every differing element
-            assert np.array_equal(fused.counterfactual[:, 1:], ref.counterfactual[:, 1:]), where
-            assert fused.counterfactual.shape[0] == cf, where
-            for a, r in ((fused.dot, ref.dot), (fused.tuned_sq, ref.tuned_sq)):
+            assert np.array_equal(fp.classes[:, 1:], rp.classes[:, 1:]), where
+            assert np.array_equal(fp.ratio[:, :-1], rp.ratio[:, :-1]), where
+            assert fp.classes.sum() == fp.ratio.sum(), where  # both count every differing element
+            assert np.array_equal(fp.counterfactual[:, 1:], rp.counterfactual[:, 1:]), where
+            assert fp.counterfactual.shape[0] == cf, where
+            for a, r in ((fp.dot, rp.dot), (fp.tuned_sq, rp.tuned_sq)):
                 # with infinities in a piece both are non-finite (no cosine), in either order of sums
                 assert (not math.isfinite(a) and not math.isfinite(r)) or math.isclose(a, r, rel_tol=1e-12), where
             if keep:
@@ -100,7 +101,7 @@ def test_without_the_precision_view_the_counts_are_the_same(backend):
     on = Kernel(list(EXACT_TOLERANCES), 3e-5, torch.device("cpu"), backend=backend)
     off = Kernel(list(EXACT_TOLERANCES), 3e-5, torch.device("cpu"), backend=backend, precision=False)
     with_view, without = on.measure(b, u, torch.bfloat16, 1000, False), off.measure(b, u, torch.bfloat16, 1000, False)
-    assert with_view.mag_compared is not None and without.mag_compared is None
+    assert with_view.precision is not None and without.precision is None
     assert torch.equal(with_view.curve, without.curve) and torch.equal(with_view.ulp, without.ulp)
     assert torch.equal(with_view.mask, without.mask) and with_view.rows_touched == without.rows_touched
     acc = off.start("w", (5, 1000), torch.bfloat16, False)

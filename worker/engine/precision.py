@@ -30,22 +30,21 @@ def _cosine(dot: float, base_sq: float, tuned_sq: float) -> float | None:
 def tensor_precision(acc, exact: Sequence[float]) -> dict:
     """A tensor's record fields: tuned_fro, cosine (float64 sums) and precision (or None when the
     kernel measured none: an empty tensor, a dtype without a float format)."""
-    out = {"tuned_fro": math.sqrt(acc.tuned_sq) if acc.mag_compared is not None else None,
-           "cosine": _cosine(acc.dot, acc.base_sq, acc.tuned_sq) if acc.mag_compared is not None else None,
-           "precision": None}
-    if acc.mag_compared is None:
-        return out
-    bins = np.flatnonzero(acc.mag_compared)
-    classes = acc.mag_classes  # per (magnitude bin, tolerance class); class 0 is not used
-    ratio = acc.mag_ratio[:, :RATIO_BUCKETS]  # per (bin, ratio bucket): the values that moved
+    p = acc.precision
+    if p is None:
+        return {"tuned_fro": None, "cosine": None, "precision": None}
+    out = {"tuned_fro": math.sqrt(p.tuned_sq), "cosine": _cosine(p.dot, acc.base_sq, p.tuned_sq), "precision": None}
+    bins = np.flatnonzero(p.compared)
+    classes = p.classes  # per (magnitude bin, tolerance class); class 0 is not used
+    ratio = p.ratio[:, :RATIO_BUCKETS]  # per (bin, ratio bucket): the values that moved
     # Class c holds the elements changed at exactly the c smallest exact tolerances: changed(t_j) = classes > j.
     above = np.cumsum(classes[:, ::-1], axis=1)[:, ::-1]  # above[:, c] = sum of classes >= c
     keys = [tolerance_key(t) for t in exact]
     cells = np.argwhere(ratio)
-    cf = acc.counterfactual
+    cf = p.counterfactual
     out["precision"] = {
         "bins": bins.tolist(),
-        "compared": acc.mag_compared[bins].tolist(),
+        "compared": p.compared[bins].tolist(),
         "changed": {k: above[bins, j + 1].tolist() for j, k in enumerate(keys)},
         "ratio": [[int(b), int(r), int(ratio[b, r])] for b, r in cells],
         "counterfactual": {COUNTERFACTUALS[i]: {k: int(cf[i, j + 1:].sum()) for j, k in enumerate(keys)}

@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
 import torch
 
 from worker.engine.kernel import numba_backend, svd_phase
@@ -23,6 +22,7 @@ from worker.engine.kernel.bins import (
     NBINS,
     ULP_BUCKETS,
     PieceStats,
+    PrecisionCounts,
     Thresholds,
     bits_f64,
     curve_counts,
@@ -58,14 +58,9 @@ class TensorAccumulator:
     rank_rows: list[torch.Tensor] = field(default_factory=list)
     want_geometry: bool = False
     geometry_rows: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (base, tuned) float32
-    # The precision view (bins.py): sums of the pieces' arrays; None until the first piece brings them.
+    # The precision view: the pieces' sums; None until the first piece brings them.
     cf_kinds: int = 0
-    mag_compared: np.ndarray | None = None
-    mag_classes: np.ndarray | None = None
-    mag_ratio: np.ndarray | None = None
-    counterfactual: np.ndarray | None = None
-    dot: float = 0.0
-    tuned_sq: float = 0.0
+    precision: PrecisionCounts | None = None
 
 
 class Kernel:
@@ -155,19 +150,8 @@ class Kernel:
             acc.rank_rows.append(piece.delta_rows)
         if piece.geometry_rows is not None:
             acc.geometry_rows.append(piece.geometry_rows)
-        if piece.mag_compared is not None:
-            if acc.mag_compared is None:
-                acc.mag_compared = piece.mag_compared.astype(np.int64)
-                acc.mag_classes = piece.mag_classes.astype(np.int64)
-                acc.mag_ratio = piece.mag_ratio.astype(np.int64)
-                acc.counterfactual = piece.counterfactual.astype(np.int64)
-            else:
-                acc.mag_compared += piece.mag_compared
-                acc.mag_classes += piece.mag_classes
-                acc.mag_ratio += piece.mag_ratio
-                acc.counterfactual += piece.counterfactual
-            acc.dot += piece.dot
-            acc.tuned_sq += piece.tuned_sq
+        if piece.precision is not None:
+            acc.precision = piece.precision.widened() if acc.precision is None else acc.precision.add(piece.precision)
 
     def finish(self, acc: TensorAccumulator) -> dict:
         curve = acc.curve.numpy()

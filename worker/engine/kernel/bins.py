@@ -122,16 +122,37 @@ class PieceStats:
     # (base rows, tuned rows) as float32 on the CPU, for geometry: exact for every compared dtype
     geometry_rows: tuple[torch.Tensor, torch.Tensor] | None = None
     chosen_changed: int | None = None  # count of `mask` (given when the mask is not kept)
-    # The precision view (numpy): compared per magnitude bin (MAG_BINS); elements per (magnitude
-    # bin, tolerance class) and per (magnitude bin, ratio bucket or NO_RATIO), where class 0 and
-    # NO_RATIO hold what a backend happened to visit (the unchanged elements, or some of them);
-    # counterfactual classes per applicable storage dtype; float64 sums for the cosine.
-    mag_compared: np.ndarray | None = None
-    mag_classes: np.ndarray | None = None
-    mag_ratio: np.ndarray | None = None
-    counterfactual: np.ndarray | None = None
-    dot: float = 0.0
-    tuned_sq: float = 0.0
+    precision: PrecisionCounts | None = None  # None without the view, or for a dtype without a float format
+
+
+@dataclass
+class PrecisionCounts:
+    """The precision view's sums over a piece or a tensor (numpy; a piece's counts may be uint32)."""
+
+    compared: np.ndarray  # elements per magnitude bin (MAG_BINS)
+    # elements per (magnitude bin, tolerance class) and per (magnitude bin, ratio bucket or NO_RATIO),
+    # where class 0 and NO_RATIO hold what a backend happened to visit (the unchanged elements, or some)
+    classes: np.ndarray
+    ratio: np.ndarray
+    counterfactual: np.ndarray  # tolerance classes per applicable storage dtype
+    dot: float  # float64 sums for the cosine
+    tuned_sq: float
+
+    def widened(self) -> PrecisionCounts:
+        """A copy with int64 counts, to add pieces into."""
+        return PrecisionCounts(self.compared.astype(np.int64), self.classes.astype(np.int64),
+                               self.ratio.astype(np.int64), self.counterfactual.astype(np.int64), self.dot,
+                               self.tuned_sq)
+
+    def add(self, other: PrecisionCounts) -> PrecisionCounts:
+        """Add another piece's sums into these (int64, from `widened`); returns self."""
+        self.compared += other.compared
+        self.classes += other.classes
+        self.ratio += other.ratio
+        self.counterfactual += other.counterfactual
+        self.dot += other.dot
+        self.tuned_sq += other.tuned_sq
+        return self
 
 
 # --- the precision view (metrics.md, "Precision and magnitude") ------------------------------

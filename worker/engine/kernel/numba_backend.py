@@ -46,7 +46,16 @@ import torch
 from worker.engine.kernel import numba_precision as precision
 from worker.engine.kernel.avx512 import compress16 as _compress16
 from worker.engine.kernel.avx512 import has_compress as _has_compress
-from worker.engine.kernel.bins import FORMATS, MAG_BINS, NO_RATIO, ULP_BUCKETS, PieceStats, Thresholds, class_table
+from worker.engine.kernel.bins import (
+    FORMATS,
+    MAG_BINS,
+    NO_RATIO,
+    ULP_BUCKETS,
+    PieceStats,
+    PrecisionCounts,
+    Thresholds,
+    class_table,
+)
 from worker.engine.kernel.numba_classify import classify, classify_view
 
 # Raw-bit integer dtype and sign bit for each supported compare dtype.
@@ -421,15 +430,13 @@ class NumbaBackend:
             base.contiguous(), tuned.contiguous(), compare_dtype, cols, self._lut, self.chosen, keep_masks,
             self._cls, cf_kinds, self.view)
         nan, delta_sq, base_sq, max_abs, rows_touched, chosen_changed = out
-        compared, classes, ratio, cf, dot, tuned_sq = prec or (None, None, None, None, 0.0, 0.0)
         stats = PieceStats(
             curve=torch.from_numpy(curve), ulp=torch.from_numpy(ulp),
             mask=torch.from_numpy(mask) if mask is not None else None,
             numel=base.numel(), nan=nan, delta_sq=delta_sq, base_sq=base_sq, max_abs=max_abs,
             rows_touched=rows_touched, cols_touched=torch.from_numpy(col_flags) if cols else None,
             chosen_changed=chosen_changed,
-            mag_compared=compared, mag_classes=classes, mag_ratio=ratio, counterfactual=cf,
-            dot=dot, tuned_sq=tuned_sq,
+            precision=PrecisionCounts(*prec) if prec else None,
         )
         if want_rank and cols:
             delta = tuned.double() - base.double()

@@ -29,6 +29,7 @@ from worker.engine.kernel.bins import (
     ULP_BUCKETS,
     WIDE_BIN_OFFSET,
     PieceStats,
+    PrecisionCounts,
     Thresholds,
     class_table,
 )
@@ -118,26 +119,26 @@ class TorchBackend:
         mag = torch.where(eb == 1024, MAG_NONFINITE, mag)
         ncls = self._ncls
         cls = self._cls[pair]
-        stats.mag_compared = torch.bincount(mag, minlength=MAG_BINS).cpu().numpy()
+        compared = torch.bincount(mag, minlength=MAG_BINS).cpu().numpy()
         moved = (delta != 0) & ~torch.isnan(delta)
         up = (bits & 0xFFFFFFFFFFFFF) != 0
         ratio = (((bits >> 52) & 0x7FF) - 1023 + up - (torch.clamp(eb, min=emin) - mbits)).clamp_(0, RATIO_BUCKETS - 1)
         ratio = torch.where(moved, ratio, RATIO_BUCKETS)  # NO_RATIO: equal values and NaN
-        stats.mag_classes = torch.bincount(mag * ncls + cls, minlength=MAG_BINS * ncls).view(MAG_BINS, ncls).cpu().numpy()
-        stats.mag_ratio = torch.bincount(mag * (RATIO_BUCKETS + 1) + ratio, minlength=MAG_BINS * (RATIO_BUCKETS + 1)).view(
+        classes = torch.bincount(mag * ncls + cls, minlength=MAG_BINS * ncls).view(MAG_BINS, ncls).cpu().numpy()
+        ratio = torch.bincount(mag * (RATIO_BUCKETS + 1) + ratio, minlength=MAG_BINS * (RATIO_BUCKETS + 1)).view(
             MAG_BINS, RATIO_BUCKETS + 1).cpu().numpy()
         cf = []
         for narrow in (torch.bfloat16, torch.float16)[:cf_kinds]:
             rb, ru = base.to(narrow).double(), tuned.to(narrow).double()
             d = torch.where(rb == ru, 0.0, ru - rb)  # equal infinities are unchanged
             cf.append(torch.bincount(self._class(d), minlength=ncls))
-        stats.counterfactual = torch.stack(cf).cpu().numpy() if cf else torch.zeros((0, ncls), dtype=torch.int64).numpy()
+        counterfactual = torch.stack(cf).cpu().numpy() if cf else torch.zeros((0, ncls), dtype=torch.int64).numpy()
         if cf_kinds:
-            stats.counterfactual[:, 0] = 0
+            counterfactual[:, 0] = 0
         b0 = torch.nan_to_num(b, nan=0.0, posinf=math.inf, neginf=-math.inf)
         u0 = torch.nan_to_num(u, nan=0.0, posinf=math.inf, neginf=-math.inf)
-        stats.dot = float(torch.dot(b0, u0))
-        stats.tuned_sq = float(torch.dot(u0, u0))
+        stats.precision = PrecisionCounts(compared, classes, ratio, counterfactual, float(torch.dot(b0, u0)),
+                                          float(torch.dot(u0, u0)))
 
     def _histogram(self, delta, base, tuned, dtype, nan_mask=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(joint counts of this piece, bit patterns of the float64 |delta|, its (curve bin, refine bit))."""
