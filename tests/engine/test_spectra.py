@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from worker.engine import AnalysisOptions, analyze, open_source, parse_source, plan_analysis
-from worker.engine.kernel import factors, spectra
+from worker.engine.kernel import bins, factors, spectra
 from worker.engine.kernel import geometry as G
 from worker.engine.svd_estimate import estimate
 
@@ -83,6 +83,51 @@ def test_zero_update_and_row_blocks():
     blocks = spectra.delta_spectrum([d[:100], d[100:101], d[101:]])
     assert (blocks["rank"], blocks["rank_f64"]) == (whole["rank"], whole["rank_f64"]) == _reference(d)[:2]
     assert torch.allclose(blocks["sigma"], whole["sigma"], rtol=1e-9, atol=0)  # same sums, another order
+
+
+@pytest.mark.parametrize("m, n", [(300, 120), (120, 300)])
+def test_well_conditioned_update_is_certified_full_rank_by_one_cholesky(m, n):
+    d = _with_spectrum(m, n, torch.linspace(2.0, 0.5, min(m, n), dtype=torch.float64), seed=1)
+    got = spectra.delta_spectrum(d, need_sigma=False)  # no geometry: the spectrum itself is not wanted
+    assert (got["rank"], got["rank_f64"]) == _reference(d)[:2] == (min(m, n), min(m, n))
+    assert (got["values"], got["study"], got["sigma"]) == ("cholesky", "cholesky", None)
+
+
+@pytest.mark.parametrize("smallest, certified", [(1e-5, False), (5e-5, False), (2e-3, True)])
+def test_the_certificate_never_claims_full_rank_near_or_below_the_studys_threshold(smallest, certified):
+    # 256 x 256: float32's threshold is 256 * 2^-23 = 3.05e-5 sigma_1, its SVD's margin ~1.5e-5 sigma_1
+    d = _with_spectrum(256, 256, torch.logspace(0, math.log10(smallest), 256, dtype=torch.float64), seed=9)
+    got = spectra.delta_spectrum(d, need_sigma=False)
+    assert (got["rank"], got["rank_f64"]) == _reference(d)[:2]
+    assert (got["values"] == "cholesky") is certified
+    if smallest < 3.05e-5:
+        assert got["rank"] < 256 == got["rank_f64"]
+
+
+@pytest.mark.parametrize("m, n", [(70, 45), (45, 70)])
+def test_gram_is_the_lower_triangle_of_the_float64_product_from_row_blocks(monkeypatch, m, n):
+    monkeypatch.setattr(spectra, "MIN_TILE", 8)  # a side of 45 in four uneven tiles
+    monkeypatch.setattr(spectra, "GRAM_BLOCK", 16)  # and uneven stretches of the sums
+    d = torch.randn(m, n, generator=torch.Generator().manual_seed(m)).bfloat16().float()
+    g, fro2 = spectra.gram(lambda: iter([d[:30], d[30:31], d[31:]]), (m, n), "cpu")
+    d64 = d.double()
+    ref = d64.T @ d64 if m >= n else d64 @ d64.T
+    assert not bool(g.triu(1).any())
+    assert torch.allclose(g.tril(), ref.tril(), rtol=1e-13, atol=1e-12)
+    assert fro2 == pytest.approx(float(d64.square().sum()), rel=1e-13)
+
+
+def test_rank_delta_is_the_float32_update_with_non_finite_values_made_finite():
+    inf, nan, big = math.inf, math.nan, torch.finfo(torch.float32).max
+    b = torch.tensor([1.0, inf, nan, 3.0, -inf, 2.0 ** 100], dtype=torch.bfloat16)
+    t = torch.tensor([1.0078125, inf, 1.0, inf, 0.0, 2.0 ** -100], dtype=torch.bfloat16)
+    assert bins.rank_delta(b, t).tolist() == [0.0078125, 0.0, 0.0, big, big, -(2.0 ** 100)]
+    gen = torch.Generator().manual_seed(0)
+    b, t = (torch.randn(4096, generator=gen) * 10.0 ** torch.randint(-6, 3, (4096,), generator=gen)
+            for _ in range(2))
+    for dtype in (torch.bfloat16, torch.float16):  # exact in float32: equal to the float64 difference
+        bb, tt = b.to(dtype), t.to(dtype)
+        assert torch.equal(bins.rank_delta(bb, tt), (tt.double() - bb.double()).float())
 
 
 @pytest.mark.parametrize("m, n, decades", [(384, 384, 5.5), (500, 300, 7.0), (256, 700, 3.0)])

@@ -54,6 +54,7 @@ from worker.engine.kernel.bins import (
     PieceStats,
     PrecisionCounts,
     Thresholds,
+    rank_delta,
     class_table,
 )
 from worker.engine.kernel.numba_classify import classify, classify_view
@@ -439,7 +440,5 @@ class NumbaBackend:
             precision=PrecisionCounts(*prec) if prec else None,
         )
         if want_rank and cols:
-            delta = tuned.double() - base.double()
-            same = tuned == base  # equal infinities are unchanged
-            stats.delta_rows = torch.nan_to_num(torch.where(same, 0.0, delta)).float().view(-1, cols)
+            stats.delta_rows = rank_delta(base, tuned).view(-1, cols)
         return stats

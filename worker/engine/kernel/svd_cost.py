@@ -3,9 +3,11 @@
 The phase's work per matrix (m x n, p = max(m, n), r = min(m, n); svd_phase.py says which
 factorisation each quantity takes):
 
-    ranks     float64 Gram of Delta (2 p r^2, matrix product) + eigenvalues (4/3 r^3, LAPACK)
-    geometry  Gram + eigh of W and of W~ (2 x (2 p r^2 + 9 r^3)), projections (4 m n k_max)
-              and Delta's spectrum as for the ranks
+    ranks     float64 Gram of Delta (its lower triangle: 10/16 of 2 p r^2 from r = 1024 on,
+              matrix products) + a Cholesky certificate (1/3 r^3, LAPACK), and eigenvalues
+              (4/3 r^3) where it fails, counted always: the estimate does not know which will
+    geometry  Gram + eigh of W and of W~ (2 x (Gram + 9 r^3)), projections (4 m n k_max)
+              and Delta's spectrum (Gram + 4/3 r^3; no certificate: the spectrum is wanted)
 
 Matrix products and LAPACK run at different rates; both are measured once per process on
 a small case (`rates`, ~50 ms) and scaled by the flop counts. The estimate is for one core;
@@ -19,6 +21,8 @@ import math
 import time
 
 import torch
+
+from worker.engine.kernel.spectra import MIN_TILE
 
 CALIBRATION_SIZE = 384
 
@@ -52,12 +56,15 @@ def matrix_seconds(shape: tuple[int, ...], want_rank: bool, want_geometry: bool,
     gemm, lapack = speed or rates()
     m, n = shape
     p, r = max(m, n), min(m, n)
-    products = 2.0 * p * r * r
+    gram = 2.0 * p * r * r * (10 / 16 if r >= 2 * MIN_TILE else 1.0)
+    products = gram
     eig = 4.0 / 3.0 * r ** 3
     if want_geometry:
         kmax = max(1, math.ceil(0.2 * r))
-        products += 2 * 2.0 * p * r * r + 4.0 * m * n * kmax
+        products += 2 * gram + 4.0 * m * n * kmax
         eig += 2 * 9.0 * r ** 3
+    else:
+        eig += r ** 3 / 3.0
     return products / gemm + eig / lapack
 
 

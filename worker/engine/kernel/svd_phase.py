@@ -23,6 +23,7 @@ import functools
 
 import torch
 
+from worker.engine.kernel.bins import rank_delta
 from worker.engine.kernel.geometry import geometry, ks
 from worker.engine.kernel.spectra import delta_spectrum
 
@@ -42,15 +43,6 @@ def _fixed_mmap_threshold() -> bool:
 
 
 _fixed_mmap_threshold()  # at import, before the pass's first allocations (later it leaves arenas grown)
-
-
-def _delta(base: torch.Tensor, tuned: torch.Tensor) -> torch.Tensor:
-    """Delta as the pass keeps it for the ranks: equal values (infinities too) 0, non-finite made finite."""
-    base, tuned = base.float(), tuned.float()  # 16-bit rows: exact in float32, and so is their difference
-    d = tuned - base
-    if not bool(torch.isfinite(d).all()):
-        d = torch.nan_to_num(torch.where(tuned == base, 0.0, d))
-    return d
 
 
 def kept_bytes(shape: tuple[int, int], compare_dtype: torch.dtype, want_geometry: bool) -> int:
@@ -78,10 +70,10 @@ def finish_svds(acc, device: torch.device | str) -> dict:
     m, n = acc.shape
     pairs = acc.geometry_rows  # (base, tuned) float32 row blocks when geometry is wanted
     if pairs:  # Delta from them, a block at a time (correctly rounded like the pass's own rows)
-        spec = delta_spectrum(lambda: (_delta(b, t) for b, t in pairs), device, want_study=acc.want_rank,
+        spec = delta_spectrum(lambda: (rank_delta(b, t) for b, t in pairs), device, want_study=acc.want_rank,
                               shape=(m, n))
-    elif acc.rank_rows:
-        spec = delta_spectrum(acc.rank_rows, device, want_study=acc.want_rank)
+    elif acc.rank_rows:  # no geometry: no stable or effective rank, so the spectrum only where the ranks need it
+        spec = delta_spectrum(acc.rank_rows, device, want_study=acc.want_rank, need_sigma=False)
     else:
         spec = None
     acc.rank_rows.clear()
