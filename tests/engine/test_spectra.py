@@ -183,6 +183,19 @@ def test_geometry_of_row_blocks_is_that_of_the_whole_matrix():
     assert parts["spectra"]["base"] == whole["spectra"]["base"]
 
 
+def test_geometry_read_in_many_small_spans_is_that_of_one_span(monkeypatch):
+    """Spans reuse one buffer: each must be used up before the next overwrites it."""
+    base, tuned = _bf16_pair(160, 96, seed=4)
+    one = G.geometry(base, tuned)
+    monkeypatch.setattr(factors, "SPAN_BYTES", 8 * 96 * 7)  # 7 rows a span: 23 spans, the last short
+    many = G.geometry(base, tuned)
+    for side in ("two_sided", "left", "right"):
+        assert many["energy"][side] == pytest.approx(one["energy"][side], rel=1e-9, abs=1e-12)
+    assert many["stable_rank"] == pytest.approx(one["stable_rank"], rel=1e-9)  # Delta's values from the spans
+    for key, values in one["rotation"].items():
+        assert many["rotation"][key] == pytest.approx(values, rel=1e-9, abs=1e-9)
+
+
 @pytest.mark.parametrize("m, n", [(400, 60), (60, 400)])
 def test_top_factors_are_orthonormal_at_the_steepest_spectrum_they_accept(m, n):
     """U_k by CholeskyQR2 in place: orthonormal to float64 precision with sigma_kmax near

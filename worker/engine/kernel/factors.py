@@ -45,12 +45,18 @@ class RowBlocks:
         self.dtype = self.blocks[0].dtype
 
     def spans(self, device, dtype=torch.float64) -> Iterator[tuple[int, torch.Tensor]]:
-        """(first row, rows as `dtype` on `device`) in order, SPAN_BYTES of float64 or fewer each."""
+        """(first row, rows as `dtype` on `device`) in order, SPAN_BYTES of float64 or fewer each, in
+        one buffer that the next span overwrites (the caller may change it, and must be done with
+        it before asking for the next): a fresh 16 MiB each time cost ~4 K page faults a span."""
         rows = max(1, SPAN_BYTES // (8 * max(1, self.shape[1])))
+        buf = torch.empty(min(rows, self.shape[0]), self.shape[1], dtype=dtype, device=device)
         start = 0
         for b in self.blocks:
             for s in range(0, b.shape[0], rows):
-                yield start + s, b[s:s + rows].to(device=device, dtype=dtype)
+                src = b[s:s + rows]
+                out = buf[:src.shape[0]]
+                out.copy_(src)
+                yield start + s, out
             start += b.shape[0]
 
     def whole(self, device, dtype=torch.float64) -> torch.Tensor:

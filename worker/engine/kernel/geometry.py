@@ -123,12 +123,12 @@ def geometry(base: torch.Tensor | list[torch.Tensor], tuned: torch.Tensor | list
     # Delta in float64 a few rows at a time: (base, tuned) hold float32 values, their difference is exact in float64
     def delta_blocks():
         for (a, b), (_, t) in zip(base.spans(device), tuned.spans(device)):
-            yield a, t - b  # not in place: a float64 caller's rows are its own tensor
+            yield a, t.sub_(b)  # tuned's span buffer, overwritten by the next span anyway
 
     if delta_sigma is not None:
         sd = delta_sigma.to(torch.float64).cpu()
     else:
-        sd = torch.linalg.svdvals(torch.cat([d for _, d in delta_blocks()])).cpu()  # tests only: the pass gives it
+        sd = torch.linalg.svdvals(torch.cat([d.clone() for _, d in delta_blocks()])).cpu()  # tests only: the pass gives it
     fro2 = 0.0
     left_rows = torch.zeros(kmax, n, dtype=torch.float64, device=device)  # U_k^T Delta
     right_cols = torch.zeros(kmax, dtype=torch.float64, device=device)  # column energies of Delta V_k
