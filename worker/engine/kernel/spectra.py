@@ -6,9 +6,13 @@ Definitions ("Update rank" in docs/METRICS.md), for Delta (m x n), p = max(m, n)
                  sigma32 the singular values of a float32 SVD (the study's Table 2)
     float64 rank sigma_i > sigma_1 * p * 2^-52, sigma the singular values in float64
 
-One values-only float64 spectrum serves the float64 rank, the study's rank (where it provably
-gives the same count) and geometry's stable and effective rank:
+One float64 Gram matrix G serves both ranks and, with geometry, the spectrum behind stable and
+effective rank:
 
+0. Without geometry the spectrum itself is not wanted: where one Cholesky factorisation of
+   G - tau I completes (`_full_rank_certified`: every sigma_i provably above the study's
+   threshold with all its margins), both ranks are min(m, n), at ~1/4 of eigvalsh's cost. The
+   common case for a finetuning update: 42 of the bench pair's 58 matrices.
 1. Gram eigenvalues: G = Delta^T Delta (the smaller side, accumulated in float64 block by
    block, so no float64 copy of Delta), lambda = eigvalsh(G), sigma = sqrt(lambda). Forming G
    errs by at most (B + p / B) eps64 ||Delta||_F^2 (blocked sums of exact products, `gram`)

@@ -4,7 +4,9 @@ What each quantity needs, and what it gets (metrics.md "Update rank", "Update ge
 
     float64 rank, stable rank, effective rank   Delta's singular values, once (spectra.py:
                                                 float64 Gram eigenvalues where provably exact
-                                                enough, else a values-only float64 SVD)
+                                                enough, else a values-only float64 SVD); the
+                                                ranks alone: none where a shifted Cholesky of
+                                                the Gram matrix proves both full
     the study's float32 rank                    the same values where they provably give its
                                                 count, else its own values-only float32 SVD
     energies, rotations, drift                  W's and W~'s top 20 % singular vectors and all
