@@ -92,6 +92,32 @@ def test_fused_kernel_equals_the_torch_path(monkeypatch, dtype, share, compress)
                 assert torch.equal(fused.cols_touched, ref.cols_touched), where
 
 
+@pytest.mark.parametrize("raw, shift, top", [(np.uint16, 7, 255), (np.uint32, 23, 255), (np.uint16, 10, 31),
+                                             (np.uint8, 3, 15)])
+def test_windowed_exponent_histogram_counts_as_the_plain_one(raw, shift, top):
+    """The AVX-512 path counts the eight exponents under each chunk's largest 64 at a time and the
+    tail one by one: every key lands once, wherever the chunk's largest lies."""
+    if not cpu_kernel._has_compress():
+        pytest.skip("no AVX-512 compress stores on this CPU")
+    from worker.engine.kernel import numba_precision as precision
+    gen = np.random.default_rng(int(shift))
+    for n in (1, 63, 64, 65, 1000, cpu_kernel.CHUNK):
+        # exponents crowded under a chunk's largest, with a long tail of small ones (as weights)
+        e = np.clip(top - 2 - gen.geometric(0.3, n), 0, top)
+        e[gen.random(n) < 0.01] = top  # inf / NaN patterns
+        sign = gen.integers(0, 2, n).astype(np.uint64) << np.uint64(8 * np.dtype(raw).itemsize - 1)
+        b = (sign | (e.astype(np.uint64) << np.uint64(shift)) | gen.integers(0, 1 << shift, n).astype(np.uint64))
+        b = b.astype(raw)
+        b[gen.random(n) < 0.05] = 0  # zeros: key 0, in the tail below any window
+        plain = np.zeros((8, top + 1), np.uint32)
+        windowed = np.zeros((8, top + 1), np.uint32)
+        precision.key_histogram(b, plain, shift, top)
+        precision.key_histogram_window(b, windowed, shift, top, np.empty(n, np.uint8), np.empty(n, np.uint8),
+                                       np.empty(8, np.int64))
+        assert np.array_equal(windowed.sum(axis=0), plain.sum(axis=0)), n
+        assert windowed[1:].sum() == 0 and windowed.sum() == n
+
+
 # --- content ids: remembered on disk by stat key ------------------------------------------
 
 @pytest.mark.parametrize("backend", ["numba", "torch"])

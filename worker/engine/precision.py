@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from worker.engine.kernel.bins import COUNTERFACTUALS, RATIO_BUCKETS, magnitude_label
+from worker.engine.kernel.bins import COUNTERFACTUALS, MAG_BINS, RATIO_BUCKETS, magnitude_label
 from worker.engine.tolerance import tolerance_key
 
 
@@ -46,7 +46,7 @@ def tensor_precision(acc, exact: Sequence[float]) -> dict:
         "bins": bins.tolist(),
         "compared": p.compared[bins].tolist(),
         "changed": {k: above[bins, j + 1].tolist() for j, k in enumerate(keys)},
-        "ratio": [[int(b), int(r), int(ratio[b, r])] for b, r in cells],
+        "ratio": np.column_stack([cells, ratio[cells[:, 0], cells[:, 1]]]).tolist(),
         "counterfactual": {COUNTERFACTUALS[i]: {k: int(cf[i, j + 1:].sum()) for j, k in enumerate(keys)}
                            for i in range(acc.cf_kinds)},
     }
@@ -57,9 +57,10 @@ def merge(records: Iterable[dict], *, with_ratio: bool = False) -> dict | None:
     """The precision figures of a set of records (a layer, a module, the model): compared and changed
     per magnitude bin summed; per counterfactual, the elements of the tensors it applies to, their
     changed counts as stored and after rounding; the cosine of the concatenated tensors."""
-    compared: dict[int, int] = {}
-    changed: dict[str, dict[int, int]] = {}
-    ratio: dict[tuple[int, int], int] = {}
+    # numpy over every magnitude bin (a few thousand records' lists add up at C speed)
+    compared = np.zeros(MAG_BINS, np.int64)
+    changed: dict[str, np.ndarray] = {}
+    ratio = np.zeros((MAG_BINS, RATIO_BUCKETS), np.int64)
     cf: dict[str, dict] = {}
     dot = base_sq = tuned_sq = 0.0
     cosine_ok = True
@@ -69,15 +70,15 @@ def merge(records: Iterable[dict], *, with_ratio: bool = False) -> dict | None:
         if p is None:
             continue
         seen = True
-        for b, c in zip(p["bins"], p["compared"]):
-            compared[b] = compared.get(b, 0) + c
+        at = np.asarray(p["bins"], np.int64)  # distinct within a record: fancy-indexed += adds each once
+        compared[at] += np.asarray(p["compared"], np.int64)
         for key, counts in p["changed"].items():
-            row = changed.setdefault(key, {})
-            for b, c in zip(p["bins"], counts):
-                row[b] = row.get(b, 0) + c
-        if with_ratio:
-            for b, k, c in p["ratio"]:
-                ratio[(b, k)] = ratio.get((b, k), 0) + c
+            if key not in changed:
+                changed[key] = np.zeros(MAG_BINS, np.int64)
+            changed[key][at] += np.asarray(counts, np.int64)
+        if with_ratio and p["ratio"]:
+            cells = np.asarray(p["ratio"], np.int64)  # distinct (bin, bucket) cells
+            ratio[cells[:, 0], cells[:, 1]] += cells[:, 2]
         for name, rounded in p["counterfactual"].items():
             entry = cf.setdefault(name, {"numel": 0, "tensors": 0, "stored": {}, "rounded": {}})
             entry["numel"] += r["numel"]
@@ -93,20 +94,19 @@ def merge(records: Iterable[dict], *, with_ratio: bool = False) -> dict | None:
         tuned_sq += u2
     if not seen:
         return None
-    bins = sorted(compared)
+    at = np.flatnonzero(compared)  # every record's bins hold compared elements
+    bins = at.tolist()
     out = {
         "bins": bins,
         "labels": [magnitude_label(b) for b in bins],
-        "compared": [compared[b] for b in bins],
-        "changed": {key: [row.get(b, 0) for b in bins] for key, row in changed.items()},
+        "compared": compared[at].tolist(),
+        "changed": {key: row[at].tolist() for key, row in changed.items()},
         "counterfactual": cf,
         "cosine": _cosine(dot, base_sq, tuned_sq) if cosine_ok else None,
     }
     if with_ratio:
-        grid = {b: [0] * RATIO_BUCKETS for b in bins}
-        for (b, k), c in ratio.items():
-            grid[b][k] += c
-        moved = {b: sum(row) for b, row in grid.items()}
-        out["ratio"] = {"bins": bins, "counts": [grid[b] for b in bins]}
-        out["one_step_share"] = [grid[b][0] / moved[b] if moved[b] else None for b in bins]
+        grid = ratio[at]
+        moved = grid.sum(axis=1).tolist()
+        out["ratio"] = {"bins": bins, "counts": grid.tolist()}
+        out["one_step_share"] = [int(row[0]) / m if m else None for row, m in zip(grid, moved)]
     return out

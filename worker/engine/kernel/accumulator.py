@@ -103,6 +103,10 @@ class Kernel:
             acc.cols_touched = torch.zeros(shape[1], dtype=torch.bool, device=self.device)
         return acc
 
+    def fused(self, compare_dtype: torch.dtype) -> bool:
+        """Whether pieces of this dtype go through the fused numba loop (else the torch path)."""
+        return self._numba is not None and compare_dtype in numba_backend.SUPPORTED
+
     def measure(self, base: torch.Tensor, tuned: torch.Tensor, compare_dtype: torch.dtype,
                 cols: int | None, want_rank: bool, want_geometry: bool = False, cf_kinds: int = 0) -> PieceStats:
         """Statistics of one piece (1-D, same length; whole rows of `cols` for matrices).
@@ -129,7 +133,7 @@ class Kernel:
         return stats
 
     def _measure(self, base, tuned, compare_dtype, cols, want_rank, cf_kinds=0) -> PieceStats:
-        if self._numba is not None and compare_dtype in numba_backend.SUPPORTED:
+        if self.fused(compare_dtype):
             return self._numba.measure(base, tuned, compare_dtype, cols, want_rank, self.keep_masks, cf_kinds)
         return self._torch.measure(base, tuned, compare_dtype, cols, want_rank, self.keep_masks, cf_kinds)
 

@@ -54,3 +54,41 @@ def compress16(typingctx, dst, m, src, ne, o):
         return builder.zext(builder.call(popcount, [builder.bitcast(mask, ir.IntType(16))]), ir.IntType(64))
 
     return sig, codegen
+
+
+@intrinsic
+def window64(typingctx, keys, o, lo, counts, tail, m):
+    """Of the 64 bytes keys[o:o+64]: counts[w] += how many equal lo + w (w < 8), and those below lo
+    are compress-stored at tail[m:]; returns m plus their count. One load, eight compares with
+    popcounts, one compress store: the exponent histogram's dense window without a store per byte."""
+    sig = types.int64(keys, o, lo, counts, tail, m)
+
+    def codegen(context, builder, signature, args):
+        keys_v, o_v, lo_v, counts_v, tail_v, m_v = args
+        i8, i64 = ir.IntType(8), ir.IntType(64)
+        lanes = ir.VectorType(i8, 64)
+        keys_arr = context.make_array(signature.args[0])(context, builder, keys_v)
+        counts_arr = context.make_array(signature.args[3])(context, builder, counts_v)
+        tail_arr = context.make_array(signature.args[4])(context, builder, tail_v)
+        values = builder.load(builder.bitcast(builder.gep(keys_arr.data, [o_v]), lanes.as_pointer()), align=1)
+        mask_t = ir.VectorType(ir.IntType(32), 64)
+        popcount = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64]), "llvm.ctpop.i64")
+
+        def splat(x):
+            one = builder.insert_element(ir.Constant(lanes, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+            return builder.shuffle_vector(one, ir.Constant(lanes, ir.Undefined), ir.Constant(mask_t, None))
+
+        lo8 = builder.trunc(lo_v, i8)
+        for w in range(8):
+            hits = builder.icmp_unsigned("==", values, splat(builder.add(lo8, ir.Constant(i8, w))))
+            n = builder.call(popcount, [builder.bitcast(hits, i64)])
+            slot = builder.gep(counts_arr.data, [ir.Constant(i64, w)])
+            builder.store(builder.add(builder.load(slot), n), slot)
+        below = builder.icmp_unsigned("<", values, splat(lo8))
+        store = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [lanes, i8.as_pointer(), ir.VectorType(ir.IntType(1), 64)]),
+            "llvm.masked.compressstore.v64i8")
+        builder.call(store, [values, builder.gep(tail_arr.data, [m_v]), below])
+        return builder.add(m_v, builder.call(popcount, [builder.bitcast(below, i64)]))
+
+    return sig, codegen

@@ -70,8 +70,11 @@ SUPPORTED = frozenset(_RAW) | {torch.float32}
 
 # How a raw pattern becomes its value: a table (fp16, fp8), bf16's upper half of a float32, float32 itself.
 _BY_TABLE, _BF16, _F32 = 0, 1, 2
-# Elements per chunk: the chunk's raw words and its work buffers (~20 bytes an element) stay in L1.
-CHUNK = 1024
+# Elements per chunk: the chunk's raw words and work buffers stay in L1/L2, and the loops run long
+# enough to amortise their set-up (the exponent window's, the compress loops'). Measured on the
+# bench pair, in one process: the pass with the precision view 0.93 s at 1024, 0.85 s at 2048,
+# 0.85 s at 4096 (without the view 0.77, 0.75, 0.64 s: larger chunks only help the plain loop).
+CHUNK = 2048
 
 _TABLES: dict[torch.dtype, np.ndarray] = {}
 _DUMMY_TABLE = np.zeros(1, np.float32)
@@ -269,6 +272,9 @@ def _measure(b_raw, u_raw, table, kind, shift, lut, nan_bin, chosen, cols, curve
     vb = np.empty(CHUNK, np.float32)
     vu = np.empty(CHUNK, np.float32)
     joint = np.empty(CHUNK, np.int64)
+    kkeys = np.empty(CHUNK, np.uint8)  # the exponent histogram's scratch (key_histogram_window)
+    ktail = np.empty(CHUNK, np.uint8)
+    kcounts = np.empty(8, np.int64)
     zeros = 0
     nans_base = 0
     bu = 0.0
@@ -281,7 +287,9 @@ def _measure(b_raw, u_raw, table, kind, shift, lut, nan_bin, chosen, cols, curve
         base_sq += s
         zeros += z
         nans_base += base_nans
-        if view:
+        if view and compress:
+            precision.key_histogram_window(b, keys, mbits, keys.shape[1] - 1, kkeys, ktail, kcounts)
+        elif view:
             precision.key_histogram(b, keys, mbits, keys.shape[1] - 1)
         if base_nans:
             count = _mark_nan(b, ne, table, kind)

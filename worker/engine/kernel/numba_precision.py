@@ -19,6 +19,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from worker.engine.kernel.avx512 import window64
 from worker.engine.kernel.bins import MAG_NONFINITE, MAG_OFFSET, MAG_SUBNORMAL, MAG_ZERO, NO_RATIO, WIDE_BIN_OFFSET
 
 _FAST = {"reassoc", "contract"}
@@ -37,6 +38,36 @@ def key_histogram(b, hist, shift, top):
             hist[j, (np.uint32(b[i + j]) >> s) & t] += 1
     for i in range(n, b.shape[0]):
         hist[0, (np.uint32(b[i]) >> s) & t] += 1
+
+
+@numba.njit(nogil=True, cache=True)
+def key_histogram_window(b, hist, shift, top, keys, tail, counts):
+    """`key_histogram` with AVX-512 (VBMI2): the same counts, into hist[0]. Weights crowd into
+    the few exponents under the chunk's largest, so the eight from it down are counted 64 at a
+    time by compares and popcounts (`avx512.window64`), and only the rest (the small weights'
+    long tail, zeros) one at a time; the exponent fields are cut out by a SIMD loop first.
+    keys, tail: uint8 scratch at least b's length; counts: int64[8]."""
+    n = b.shape[0]
+    s = np.uint32(shift)
+    t = np.uint32(top)
+    hi = np.uint8(0)
+    for i in range(n):
+        k = np.uint8((np.uint32(b[i]) >> s) & t)
+        keys[i] = k
+        hi = max(hi, k)
+    lo = max(np.int64(hi) - 7, 0)
+    counts[:] = 0
+    full = n // 64 * 64
+    m = 0
+    for o in range(0, full, 64):
+        m = window64(keys, o, lo, counts, tail, m)
+    for w in range(8):
+        if lo + w <= top:
+            hist[0, lo + w] += np.uint32(counts[w])
+    for i in range(m):
+        hist[0, tail[i]] += 1
+    for i in range(full, n):
+        hist[0, keys[i]] += 1
 
 
 @numba.njit(nogil=True, cache=True)
