@@ -12,7 +12,9 @@ import time
 import pytest
 import torch
 from run_checkpoints import base_state, reference, save, train_step, write_run
-from support.polling import wait_for_status, wait_idle
+from support.polling import wait_for, wait_for_status, wait_idle
+
+from app.core.store import PENDING_TRAINING_RUNS
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -153,6 +155,8 @@ def test_bad_runs_are_refused_with_nothing_recorded_or_queued(svc, run_dirs, req
         save(mixed / "run" / "checkpoint-2", wide)
         save(mixed / "run" / "checkpoint-3", state)
     wait_idle(svc)
+    # and no earlier test's run still on its way to its reduce (its pending mark goes when it ends)
+    wait_for(lambda: svc.redis.scard(PENDING_TRAINING_RUNS) == 0, 120, "earlier runs to finish", interval=0.1)
     before, queued = _keys(svc), svc.redis.llen("rq:queue:subnetscope")
     r = svc.client.post("/api/runs", json=request_body)
     assert r.status_code == 422, r.text

@@ -1,4 +1,5 @@
-"""AVX-512 compress stores for the numba backend's `_compact` (numba_backend.py), as an LLVM intrinsic."""
+"""AVX-512 intrinsics of the numba backend, in LLVM IR: compress stores for `_compact` (numba_backend.py)
+and the exponent histogram's window count (numba_precision.key_histogram_window)."""
 
 from __future__ import annotations
 

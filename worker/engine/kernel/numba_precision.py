@@ -2,9 +2,10 @@
 
 Called from `numba_backend._measure`, chunk by chunk, inside the same single pass:
 
-- `key_histogram`: every base element by the exponent bits of its raw pattern: one shift, one
-  mask and one increment per element, the only per-element work this view adds; `fold_keys`
-  turns it into compared elements per magnitude bin, once per piece;
+- `key_histogram`: every base element by the exponent bits of its raw pattern, the only work
+  this view adds for the elements that did not change: one increment each, or, with AVX-512
+  (`key_histogram_window`), the dense exponents 64 at a time and only the tail one by one;
+  `fold_keys` turns it into compared elements per magnitude bin, once per piece;
 - `element`: for the elements whose bits differ only (as the rest of the kernel), inlined
   into `numba_classify.classify_view`: the base's magnitude bin, the ratio bucket of
   |Delta| / spacing(base) and the float64 terms the cosine needs; the kernel counts each
