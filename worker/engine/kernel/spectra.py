@@ -138,7 +138,6 @@ def _full_rank_certified(g: torch.Tensor, fro2: float, shape: tuple[int, int]) -
       (Higham, Accuracy and Stability, Thm 10.3), ||E||_2 <= gamma_{r+1} ||R||_F^2 and
       ||R||_F^2 = trace(C + E) <= trace(G) / (1 - gamma): lambda_min(G) >= s - ||E||_2 - eps |G_ii|.
     With s = tau + e_G + e_C (e_C = 2 (r + 2) eps ||Delta||_F^2 >= both), lambda_min(G_true) > tau."""
-    m, n = shape
     p, r = max(shape), min(shape)
     if not math.isfinite(fro2) or fro2 <= 0:
         return False
