@@ -21,6 +21,13 @@ def has_compress() -> bool:
 
 
 
+def _splat(builder, x, lanes: ir.VectorType):
+    """x in every lane of a vector of type `lanes`."""
+    one = builder.insert_element(ir.Constant(lanes, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, ir.Constant(lanes, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), lanes.count), None))
+
+
 @intrinsic
 def compress16(typingctx, dst, m, src, ne, o):
     """dst[m:] <- the elements k of src[o:o+16] with ne[o+k] (src None: the positions o+k);
@@ -38,10 +45,7 @@ def compress16(typingctx, dst, m, src, ne, o):
         mask = builder.icmp_unsigned("!=", flags, ir.Constant(bytes16, None))
         if iota:
             first = builder.trunc(o_v, elt) if elt.width < 64 else o_v
-            one = builder.insert_element(ir.Constant(lanes, ir.Undefined), first, ir.Constant(ir.IntType(32), 0))
-            splat = builder.shuffle_vector(one, ir.Constant(lanes, ir.Undefined),
-                                           ir.Constant(ir.VectorType(ir.IntType(32), 16), None))
-            values = builder.add(splat, ir.Constant(lanes, list(range(16))))
+            values = builder.add(_splat(builder, first, lanes), ir.Constant(lanes, list(range(16))))
         else:
             src_arr = context.make_array(signature.args[2])(context, builder, src_v)
             values = builder.load(builder.bitcast(builder.gep(src_arr.data, [o_v]), lanes.as_pointer()), align=1)
@@ -72,20 +76,15 @@ def window64(typingctx, keys, o, lo, counts, tail, m):
         counts_arr = context.make_array(signature.args[3])(context, builder, counts_v)
         tail_arr = context.make_array(signature.args[4])(context, builder, tail_v)
         values = builder.load(builder.bitcast(builder.gep(keys_arr.data, [o_v]), lanes.as_pointer()), align=1)
-        mask_t = ir.VectorType(ir.IntType(32), 64)
         popcount = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64]), "llvm.ctpop.i64")
-
-        def splat(x):
-            one = builder.insert_element(ir.Constant(lanes, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
-            return builder.shuffle_vector(one, ir.Constant(lanes, ir.Undefined), ir.Constant(mask_t, None))
 
         lo8 = builder.trunc(lo_v, i8)
         for w in range(8):
-            hits = builder.icmp_unsigned("==", values, splat(builder.add(lo8, ir.Constant(i8, w))))
+            hits = builder.icmp_unsigned("==", values, _splat(builder, builder.add(lo8, ir.Constant(i8, w)), lanes))
             n = builder.call(popcount, [builder.bitcast(hits, i64)])
             slot = builder.gep(counts_arr.data, [ir.Constant(i64, w)])
             builder.store(builder.add(builder.load(slot), n), slot)
-        below = builder.icmp_unsigned("<", values, splat(lo8))
+        below = builder.icmp_unsigned("<", values, _splat(builder, lo8, lanes))
         store = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [lanes, i8.as_pointer(), ir.VectorType(ir.IntType(1), 64)]),
             "llvm.masked.compressstore.v64i8")

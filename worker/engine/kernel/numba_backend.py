@@ -54,8 +54,8 @@ from worker.engine.kernel.bins import (
     PieceStats,
     PrecisionCounts,
     Thresholds,
-    rank_delta,
     class_table,
+    rank_delta,
 )
 from worker.engine.kernel.numba_classify import classify, classify_view
 

@@ -141,7 +141,7 @@ def _full_rank_certified(g: torch.Tensor, fro2: float, shape: tuple[int, int]) -
     p, r = max(shape), min(shape)
     if not math.isfinite(fro2) or fro2 <= 0:
         return False
-    e_g = 2.0 * (GRAM_BLOCK + math.ceil(p / GRAM_BLOCK)) * fro2 * EPS64
+    e_g = gram_error_bound(shape, fro2, 0.0)  # forming G only: no eigensolver runs here
     # row sums of |G| from its lower triangle (gram leaves the strict upper one zero), no |G| copy
     rows = torch.linalg.vector_norm(g, 1, dim=1) + torch.linalg.vector_norm(g, 1, dim=0) - g.diagonal().abs()
     smax = math.sqrt((float(rows.max()) + e_g) * (1.0 + 2.0 * r * EPS64))
