@@ -183,6 +183,7 @@ class Embedded:
             stop_worker(w)
         self.url_file.unlink(missing_ok=True)
         self.redis.stop()
+        log.info("embedded worker(s) and Redis stopped")
 
 
 def embedded_url(data_dir: Path) -> str | None:

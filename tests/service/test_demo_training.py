@@ -140,7 +140,10 @@ def test_serve_answers_while_the_demo_trains(tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
         _, alive = psutil.wait_procs(children, timeout=30)
-    assert alive == [], f"children left running: {alive}"
+    assert alive == [], f"children left running: {[(p, p.cmdline()) for p in alive]}"
+    # An ordered stop, not one by parent-death signals (Redis gone before the worker had stopped).
+    stops = log.read_text()
+    assert "stopping the embedded worker(s) and Redis" in stops and "worker(s) and Redis stopped" in stops, stops[-3000:]
     assert not [p for p in demo.glob(".trained-*") if p.is_dir()]  # nothing half-written stays
     assert not (demo / "trained").exists()
     assert demo_training.status(demo)["state"] == "absent"

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -71,6 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.web.main import create_app
 
     settings = get_settings()
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers),
                                    ("web_workers", getattr(args, "web_workers", None))) if v}
     if overrides:
@@ -108,6 +110,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log.info("stopping the embedded worker(s) and Redis")
             embedded.stop()
     return 0
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    """SIGTERM unwinds `cmd_serve` through its `finally`, which stops the trainer, then the workers,
+    then Redis, in that order. uvicorn hands a SIGTERM it caught back to the handler it found once it
+    has shut down (`signal.raise_signal`); with the default one there, serve died on the spot and its
+    children all got their parent-death SIGTERM at once: Redis went first and a worker, still shutting
+    down, was left retrying it. Later SIGTERMs are ignored so the ordered stop runs to its end (each
+    step is bounded: a child that does not stop in time is killed)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
 
 
 def _serve_processes(settings) -> None:
