@@ -95,13 +95,81 @@ def test_well_conditioned_update_is_certified_full_rank_by_one_cholesky(m, n):
 
 @pytest.mark.parametrize("smallest, certified", [(1e-5, False), (5e-5, False), (2e-3, True)])
 def test_the_certificate_never_claims_full_rank_near_or_below_the_studys_threshold(smallest, certified):
-    # 256 x 256: float32's threshold is 256 * 2^-23 = 3.05e-5 sigma_1, its SVD's margin ~1.5e-5 sigma_1
-    d = _with_spectrum(256, 256, torch.logspace(0, math.log10(smallest), 256, dtype=torch.float64), seed=9)
+    # 256 x 260: float32's threshold is 260 * 2^-23 = 3.1e-5 sigma_1, its SVD's margin ~1.5e-5 sigma_1
+    d = _with_spectrum(256, 260, torch.logspace(0, math.log10(smallest), 256, dtype=torch.float64), seed=9)
     got = spectra.delta_spectrum(d, need_sigma=False)
     assert (got["rank"], got["rank_f64"]) == _reference(d)[:2]
     assert (got["values"] == "cholesky") is certified
-    if smallest < 3.05e-5:
+    if smallest < 3.1e-5:
         assert got["rank"] < 256 == got["rank_f64"]
+
+
+def test_a_square_update_goes_straight_to_its_eigenvalues(monkeypatch):
+    tried = []
+    monkeypatch.setattr(spectra, "_cholesky_completes", lambda c: tried.append(c) or True)
+    d = _with_spectrum(256, 256, torch.logspace(0, -3, 256, dtype=torch.float64), seed=10)
+    got = spectra.delta_spectrum(d, need_sigma=False)
+    assert (got["rank"], got["rank_f64"]) == _reference(d)[:2] == (256, 256)
+    assert got["values"] == "gram" and tried == []
+
+
+@pytest.mark.parametrize("m, n", [(600, 120), (120, 600)])
+def test_a_long_update_is_certified_from_a_subset_of_its_rows(monkeypatch, m, n):
+    monkeypatch.setattr(spectra, "GRAM_BLOCK", 16)
+    seen = []
+    real = spectra.partial_gram
+    monkeypatch.setattr(spectra, "partial_gram", lambda *a, **k: seen.append(k.get("take")) or real(*a, **k))
+    d = torch.randn(m, n, generator=torch.Generator().manual_seed(5)).bfloat16().float()
+    got = spectra.delta_spectrum([d[:250], d[250:]] if m > n else d, need_sigma=False)
+    assert (got["rank"], got["rank_f64"]) == _reference(d)[:2] == (120, 120)
+    assert got["values"] == "cholesky" and len(seen) == 1  # one partial Gram matrix sufficed
+    taken: list[bool] = []
+    take = spectra._spread(spectra.subset_rows((600, 120)) / 600, taken)
+    rows = sum(e - s for s, e in ((i, min(600, i + 16)) for i in range(0, 600, 16)) if take(s, e))
+    assert 150 <= rows < 150 + 16 and taken.count(True) < len(taken) / 2
+
+
+@pytest.mark.parametrize("m, n", [(600, 120), (120, 600)])
+def test_a_subset_that_cannot_prove_full_rank_hands_over_to_the_whole_matrix(monkeypatch, m, n):
+    monkeypatch.setattr(spectra, "GRAM_BLOCK", 16)
+    calls = []
+    real = spectra.partial_gram
+    monkeypatch.setattr(spectra, "partial_gram", lambda *a, **k: calls.append(k.get("into") is None) or real(*a, **k))
+    gen = torch.Generator().manual_seed(6)
+    # rows 0..539 in a 30-dimensional subspace, the last 60 free: the spread subset holds ~15 free rows
+    d = torch.cat([torch.randn(540, 30, generator=gen) @ torch.randn(30, 120, generator=gen),
+                   torch.randn(60, 120, generator=gen)]).bfloat16().float()
+    d = d if m > n else d.T.contiguous()
+    got = spectra.delta_spectrum(d, need_sigma=False)
+    assert (got["rank"], got["rank_f64"]) == _reference(d)[:2] == (120, 120)
+    assert got["values"] == "cholesky" and calls == [True, False]  # the rest completed G, which proves it
+    low = _with_spectrum(m, n, torch.logspace(0, -6, 120, dtype=torch.float64), seed=7)
+    got = spectra.delta_spectrum(low, need_sigma=False)
+    assert (got["rank"], got["rank_f64"]) == _reference(low)[:2] and got["rank"] < 120
+    assert got["values"] == "gram"
+
+
+def test_cholesky_by_panels_is_lapacks_and_fails_where_it_does(monkeypatch):
+    monkeypatch.setattr(spectra, "CHOLESKY_PANEL", 16)  # 100 = 6 panels of 16 and one of 4
+    a = torch.randn(300, 100, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    g = a.T @ a
+    c = g.tril()
+    assert spectra._cholesky_completes(c)
+    assert torch.allclose(c.tril(), torch.linalg.cholesky(g), rtol=0, atol=1e-12 * float(g.diagonal().max()) ** 0.5)
+    lam = torch.linalg.eigvalsh(g)
+    for shift, completes in ((0.999 * float(lam[0]), True), (1.001 * float(lam[0]), False)):
+        c = g.tril()
+        c.diagonal().sub_(shift)
+        assert spectra._cholesky_completes(c) is completes
+
+
+def test_sum_of_squares_bound_is_above_the_exact_sum_and_close_to_it():
+    x = torch.randn(700, 300, generator=torch.Generator().manual_seed(9))
+    exact = float(x.double().square().sum())
+    for part in (x, x[:, 7:50]):  # contiguous rows, and a strided slice of columns
+        bound, truth = spectra._sumsq_bound(part), float(part.double().square().sum())
+        assert truth <= bound <= truth * (1 + 0.02)
+    assert spectra._sumsq_bound(x) >= exact
 
 
 @pytest.mark.parametrize("m, n", [(70, 45), (45, 70)])
@@ -122,6 +190,9 @@ def test_rank_delta_is_the_float32_update_with_non_finite_values_made_finite():
     b = torch.tensor([1.0, inf, nan, 3.0, -inf, 2.0 ** 100], dtype=torch.bfloat16)
     t = torch.tensor([1.0078125, inf, 1.0, inf, 0.0, 2.0 ** -100], dtype=torch.bfloat16)
     assert bins.rank_delta(b, t).tolist() == [0.0078125, 0.0, 0.0, big, big, -(2.0 ** 100)]
+    for dtype in (torch.bfloat16, torch.float16):  # the numba loop (16-bit) and torch (float32) agree
+        b16, t16 = b.to(dtype), t.to(dtype)
+        assert torch.equal(bins.rank_delta(b16, t16), bins.rank_delta(b16.float(), t16.float()))
     gen = torch.Generator().manual_seed(0)
     b, t = (torch.randn(4096, generator=gen) * 10.0 ** torch.randint(-6, 3, (4096,), generator=gen)
             for _ in range(2))

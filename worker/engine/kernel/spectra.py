@@ -12,7 +12,10 @@ effective rank:
 0. Without geometry the spectrum itself is not wanted: where one Cholesky factorisation of
    G - tau I completes (`_full_rank_certified`: every sigma_i provably above the study's
    threshold with all its margins), both ranks are min(m, n), at ~1/4 of eigvalsh's cost. The
-   common case for a finetuning update: 42 of the bench pair's 58 matrices.
+   common case for a finetuning update: 42 of the bench pair's 58 matrices (not tried on a square
+   one, whose smallest singular values sit at that threshold). A long matrix is first
+   tried on the Gram matrix of a subset of its rows spread over it (every sigma of Delta is at
+   least that of a subset of its rows): 2560 of an MLP matrix's 5632, 12288 of the embedding's 32000.
 1. Gram eigenvalues: G = Delta^T Delta (the smaller side, accumulated in float64 block by
    block, so no float64 copy of Delta), lambda = eigvalsh(G), sigma = sqrt(lambda). Forming G
    errs by at most (B + p / B) eps64 ||Delta||_F^2 (blocked sums of exact products, `gram`)
@@ -47,6 +50,13 @@ STUDY_GROWTH = 8.0
 GRAM_BLOCK = 256  # length of each stretch of G's sums computed as one product (see gram)
 GRAM_TILES = 4  # G's side cut in this many, the products taken for the lower-triangle tiles only
 MIN_TILE = 512  # ... but no tile narrower (small products run far below the BLAS's rate)
+CHOLESKY_PANEL = 256
+# The ranks' certificate of a long matrix first takes the Gram matrix of a subset of its rows
+# (columns, if wide) spread over it, of one of these multiples of its width (`subset_rows`), and
+# of at most CERTIFY_SUBSET_MAX of them: a long update's smallest singular value is far above the
+# study's threshold, and a subset of its rows proves as much at a fraction of the products.
+CERTIFY_SUBSET_ROWS = (1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+CERTIFY_SUBSET_MAX = 0.625
 
 
 def thresholds(shape: tuple[int, int], sigma_max: float) -> tuple[float, float]:
@@ -68,24 +78,46 @@ def whole(blocks: Blocks) -> torch.Tensor:
     return torch.cat(rows) if len(rows) > 1 else rows[0]
 
 
-def _stretches(blocks: Blocks, shape: tuple[int, int], buf: torch.Tensor):
+def _sumsq_bound(x: torch.Tensor) -> float:
+    """An upper bound on the sum of squares of a float32 tensor from one float32 sum: every term is
+    >= 0, so the computed sum is within gamma_N of the true one in whatever order it was added."""
+    n = x.numel()
+    total = float(torch.dot(x.view(-1), x.view(-1))) if x.is_contiguous() else float(x.square().sum())
+    nu = n * EPS32 / 2
+    return total / (1.0 - nu / (1.0 - nu)) if nu < 0.25 else math.inf
+
+
+Take = Callable[[int, int], bool]  # (start, end) of a stretch along the summed side -> whether G takes it
+
+
+def _stretches(blocks: Blocks, shape: tuple[int, int], buf: torch.Tensor, take: Take | None):
     """Delta's sums cut into GRAM_BLOCK-long stretches, each as a float64 (k, side) matrix X_s in
     `buf` (reused), so that G = sum_s X_s^T X_s: row stretches of a tall Delta, column stretches
-    (transposed) of a wide one, assembled from the row blocks without joining them."""
+    (transposed) of a wide one, assembled from the row blocks without joining them. A stretch that
+    `take` declines comes as an upper bound on its sum of squares (a float) instead."""
     m, n = shape
     if m >= n:
+        row = 0
         for r in blocks():
             for s in range(0, r.shape[0], GRAM_BLOCK):
                 src = r[s:s + GRAM_BLOCK]
+                row += src.shape[0]
+                if take is not None and not take(row - src.shape[0], row):
+                    yield _sumsq_bound(src)
+                    continue
                 x = buf[:src.shape[0]]
                 x.copy_(src)
                 yield x
         return
     for s in range(0, n, GRAM_BLOCK):
-        x = buf[:min(GRAM_BLOCK, n - s)]
+        e = min(n, s + GRAM_BLOCK)
+        if take is not None and not take(s, e):
+            yield sum(_sumsq_bound(r[:, s:e]) for r in blocks())
+            continue
+        x = buf[:e - s]
         row = 0
         for r in blocks():
-            x[:, row:row + r.shape[0]].copy_(r[:, s:s + GRAM_BLOCK].T)
+            x[:, row:row + r.shape[0]].copy_(r[:, s:e].T)
             row += r.shape[0]
         yield x
 
@@ -101,20 +133,47 @@ def gram(blocks: Blocks, shape: tuple[int, int], device) -> tuple[torch.Tensor, 
     The products are taken for the tiles of G's lower triangle only (10 of 16 with 4 x 4 tiles):
     a BLAS cannot know that X^T X is symmetric (measured: 0.47 s against 0.70 s for one thread
     on a 5632 x 2048 Delta)."""
+    g, fro2, _ = partial_gram(blocks, shape, device)
+    return g, fro2
+
+
+def partial_gram(blocks: Blocks, shape: tuple[int, int], device, take: Take | None = None,
+                 into: torch.Tensor | None = None) -> tuple[torch.Tensor, float, float]:
+    """`gram` of the stretches `take` accepts, added into `into` when given: (G, its trace, an upper
+    bound on the sum of squares of the stretches declined). The sums of a subset of stretches make the
+    Gram matrix G_S of a subset of Delta's rows (columns, if wide); `into` completes it later."""
     m, n = shape
     side = min(m, n)
-    g = torch.zeros(side, side, dtype=torch.float64, device=device)
+    g = torch.zeros(side, side, dtype=torch.float64, device=device) if into is None else into
     width = -(-side // max(1, min(GRAM_TILES, side // MIN_TILE)))
     cuts = [(a, min(side, a + width)) for a in range(0, side, width)]
     part = torch.empty(width, width, dtype=torch.float64, device=device)
     buf = torch.empty(GRAM_BLOCK, side, dtype=torch.float64, device=device)
-    for x in _stretches(blocks, shape, buf):
+    rest = 0.0
+    for x in _stretches(blocks, shape, buf, take):
+        if isinstance(x, float):
+            rest += x
+            continue
         for i, (a0, a1) in enumerate(cuts):
             for c0, c1 in cuts[:i + 1]:
                 tile = part[:a1 - a0, :c1 - c0]
                 torch.mm(x[:, a0:a1].T, x[:, c0:c1], out=tile)
                 g[a0:a1, c0:c1] += tile
-    return g.tril_(), float(g.diagonal().sum())  # the diagonal tiles filled their upper halves too
+    return g.tril_(), float(g.diagonal().sum()), rest  # the diagonal tiles filled their upper halves too
+
+
+def _spread(share: float, taken: list[bool]) -> Take:
+    """Take stretches evenly over the summed side until `share` of it is taken (at least that much
+    of every prefix), recording each decision in `taken` so that the rest can be taken later."""
+    count = 0
+
+    def take(start: int, end: int) -> bool:
+        nonlocal count
+        yes = count < share * end
+        count += (end - start) if yes else 0
+        taken.append(yes)
+        return yes
+    return take
 
 
 def gram_error_bound(shape: tuple[int, int], fro2: float, lam1: float, exact_products: bool = True) -> float:
@@ -126,7 +185,7 @@ def gram_error_bound(shape: tuple[int, int], fro2: float, lam1: float, exact_pro
     return 2.0 * (sums * fro2 + r * max(lam1, 0.0)) * EPS64
 
 
-def _full_rank_certified(g: torch.Tensor, fro2: float, shape: tuple[int, int]) -> bool:
+def _full_rank_certified(g: torch.Tensor, fro2: float, shape: tuple[int, int], rest: float = 0.0) -> bool:
     """Whether every singular value of Delta provably lies above the study's float32 threshold with
     all its margins (so both ranks are min(m, n), the study's count whatever its SVD's rounding),
     from one Cholesky factorisation of G - tau I instead of G's eigenvalues (~1/4 of eigvalsh's time).
@@ -137,23 +196,96 @@ def _full_rank_certified(g: torch.Tensor, fro2: float, shape: tuple[int, int]) -
     - If Cholesky of C = fl(G - s I) completes, R^T R = C + E with |E| <= gamma_{r+1} |R^T| |R|
       (Higham, Accuracy and Stability, Thm 10.3), ||E||_2 <= gamma_{r+1} ||R||_F^2 and
       ||R||_F^2 = trace(C + E) <= trace(G) / (1 - gamma): lambda_min(G) >= s - ||E||_2 - eps |G_ii|.
-    With s = tau + e_G + e_C (e_C = 2 (r + 2) eps ||Delta||_F^2 >= both), lambda_min(G_true) > tau."""
+    With s = tau + e_G + e_C (e_C = 2 (r + 2) eps ||Delta||_F^2 >= both), lambda_min(G_true) > tau.
+
+    `g` may be the Gram matrix G_S of a subset S of the summed side (`rest` > 0 bounds the sum of
+    squares left out, `fro2` is then the whole matrix's): G = G_S + G_R with G_R >= 0, so
+    lambda_min(G) >= lambda_min(G_S) and sigma_1^2 <= ||G_S||_inf + ||Delta_R||_F^2."""
     p, r = max(shape), min(shape)
     if not math.isfinite(fro2) or fro2 <= 0:
         return False
     e_g = gram_error_bound(shape, fro2, 0.0)  # forming G only: no eigensolver runs here
     # row sums of |G| from its lower triangle (gram leaves the strict upper one zero), no |G| copy
     rows = torch.linalg.vector_norm(g, 1, dim=1) + torch.linalg.vector_norm(g, 1, dim=0) - g.diagonal().abs()
-    smax = math.sqrt((float(rows.max()) + e_g) * (1.0 + 2.0 * r * EPS64))
+    top2 = (float(rows.max()) + e_g) * (1.0 + 2.0 * r * EPS64) + rest
+    if rest:
+        top2 = min(top2, fro2 * (1.0 + 2.0 * p * r * EPS64) + e_g)
+    smax = math.sqrt(top2)
     thr32, _ = thresholds(shape, smax)
     margin = STUDY_GROWTH * math.sqrt(p) * smax * EPS32
     tau = (thr32 + margin + thr32 * margin / smax) ** 2
     shift = tau + e_g + 2.0 * (r + 2) * fro2 * EPS64
     c = g.clone()
     c.diagonal().sub_(shift)
-    info = torch.empty((), dtype=torch.int32, device=g.device)
-    torch.linalg.cholesky_ex(c, out=(c, info))  # in place: one copy of G, not two
-    return int(info) == 0
+    return _cholesky_completes(c)
+
+
+def _cholesky_completes(c: torch.Tensor) -> bool:
+    """Whether the Cholesky factorisation of c (read from its lower triangle, which it leaves
+    holding the factor) runs to its end. On the CPU by panels of CHOLESKY_PANEL, right-looking: the trailing updates are matrix
+    products at the BLAS's full rate, where LAPACK's potrf on one thread runs at a quarter of it
+    (measured at 2048: 0.090 s against 0.157 s). The same operations in another order (each r_ij is
+    still one inner product, summed in some order), so Theorem 10.3's bound holds as it is."""
+    if c.device.type != "cpu":
+        info = torch.empty((), dtype=torch.int32, device=c.device)
+        torch.linalg.cholesky_ex(c, out=(c, info))
+        return int(info) == 0
+    n = c.shape[0]
+    for j in range(0, n, CHOLESKY_PANEL):
+        e = min(n, j + CHOLESKY_PANEL)
+        d, info = torch.linalg.cholesky_ex(c[j:e, j:e])
+        if int(info):
+            return False
+        c[j:e, j:e].copy_(d)
+        if e < n:
+            panel = c[e:, j:e]
+            panel.copy_(torch.linalg.solve_triangular(d.T, panel, upper=True, left=False))  # P L_jj^-T
+            for i in range(e, n, CHOLESKY_PANEL):  # the trailing lower triangle, a row of tiles at a time
+                ie = min(n, i + CHOLESKY_PANEL)
+                c[i:ie, e:ie].addmm_(panel[i - e:ie - e], panel[:ie - e].T, alpha=-1.0)
+    return True
+
+
+def subset_rows(shape: tuple[int, int]) -> int | None:
+    """How many rows (columns, if wide) of a long matrix the certificate first tries, or None to take
+    them all. Without the whole G, sigma_1 is bounded by ||Delta||_F, which for an update spread over
+    the matrix exceeds it ~sqrt(p) times and so raises the threshold to prove against; the subset is
+    sized so that an update with independent entries clears it 4x in the square (the smallest
+    singular value of s such rows is ~(1 - sqrt(r / s)) sqrt(s) of an entry's size). Any subset
+    gives a valid certificate; this choice only decides how often the whole G is needed after all."""
+    p, r = max(shape), min(shape)
+    need = 4.0 * p ** 3 * r * EPS32 ** 2
+    for factor in CERTIFY_SUBSET_ROWS:
+        s = math.ceil(factor * r)
+        if s > CERTIFY_SUBSET_MAX * p:
+            return None
+        if (1.0 - math.sqrt(r / s)) ** 2 * s >= need:
+            return s
+    return None
+
+
+def _certified_gram(blocks: Blocks, shape: tuple[int, int], device) -> tuple[torch.Tensor | None, float, bool]:
+    """(G, ||Delta||_F^2, whether both ranks are certified full): the whole G unless the Gram matrix
+    of a subset of a long matrix's rows already certified it (then None)."""
+    p, r = max(shape), min(shape)
+    if p == r:
+        # A square update's smallest singular values sit at the study's threshold or below it (a
+        # random n x n matrix's at ~sigma_1 / 2n, the threshold at sigma_1 n 2^-23: equal at
+        # n = 2048): a Cholesky there fails near its end, after all its work (16 of 16 on the
+        # bench pair). Its eigenvalues decide at once.
+        g, fro2 = gram(blocks, shape, device)
+        return g, fro2, False
+    rows = subset_rows(shape)
+    if rows is None:
+        g, fro2 = gram(blocks, shape, device)
+        return g, fro2, _full_rank_certified(g, fro2, shape)
+    taken: list[bool] = []
+    g, fro2, rest = partial_gram(blocks, shape, device, _spread(rows / p, taken))
+    if _full_rank_certified(g, fro2 + rest, shape, rest=rest):
+        return None, fro2 + rest, True
+    left = iter(taken)  # the rows the subset left out complete G (the whole may prove what a part cannot)
+    g, fro2, _ = partial_gram(blocks, shape, device, lambda start, end: not next(left), into=g)
+    return g, fro2, _full_rank_certified(g, fro2, shape)
 
 
 def delta_spectrum(delta: torch.Tensor | list[torch.Tensor] | Blocks, device: torch.device | str = "cpu",
@@ -173,8 +305,9 @@ def delta_spectrum(delta: torch.Tensor | list[torch.Tensor] | Blocks, device: to
            "study": None}
     sigma = err = None
     if r:
-        g, fro2 = gram(blocks, shape, device)
-        if not need_sigma and _full_rank_certified(g, fro2, shape):
+        g, fro2, certified = _certified_gram(blocks, shape, device) if not need_sigma else (
+            *gram(blocks, shape, device), False)
+        if certified:
             out.update(rank=r if want_study else None, rank_f64=r, sigma=None, values="cholesky",
                        study="cholesky" if want_study else None, seconds=round(time.perf_counter() - started, 4))
             return out

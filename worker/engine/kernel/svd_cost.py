@@ -4,8 +4,10 @@ The phase's work per matrix (m x n, p = max(m, n), r = min(m, n); svd_phase.py s
 factorisation each quantity takes):
 
     ranks     float64 Gram of Delta (its lower triangle: 10/16 of 2 p r^2 from r = 1024 on,
-              matrix products) + a Cholesky certificate (1/3 r^3, LAPACK), and eigenvalues
-              (4/3 r^3) where it fails, counted always: the estimate does not know which will
+              matrix products) and its eigenvalues (4/3 r^3) if square; else a Cholesky
+              certificate (1/3 r^3, by panels: matrix products) of the Gram matrix of a subset
+              of its rows where long (spectra.subset_rows), eigenvalues where it fails not
+              counted: it seldom does off the square
     geometry  Gram + eigh of W and of W~ (2 x (Gram + 9 r^3)), projections (4 m n k_max)
               and Delta's spectrum (Gram + 4/3 r^3; no certificate: the spectrum is wanted)
 
@@ -22,7 +24,7 @@ import time
 
 import torch
 
-from worker.engine.kernel.spectra import MIN_TILE
+from worker.engine.kernel.spectra import MIN_TILE, subset_rows
 
 CALIBRATION_SIZE = 384
 
@@ -56,15 +58,17 @@ def matrix_seconds(shape: tuple[int, ...], want_rank: bool, want_geometry: bool,
     gemm, lapack = speed or rates()
     m, n = shape
     p, r = max(m, n), min(m, n)
-    gram = 2.0 * p * r * r * (10 / 16 if r >= 2 * MIN_TILE else 1.0)
-    products = gram
-    eig = 4.0 / 3.0 * r ** 3
+    tiles = 10 / 16 if r >= 2 * MIN_TILE else 1.0
+    gram = 2.0 * p * r * r * tiles
     if want_geometry:
         kmax = max(1, math.ceil(0.2 * r))
-        products += 2 * gram + 4.0 * m * n * kmax
-        eig += 2 * 9.0 * r ** 3
-    else:
-        eig += r ** 3 / 3.0
+        products = 3 * gram + 4.0 * m * n * kmax
+        eig = 4.0 / 3.0 * r ** 3 + 2 * 9.0 * r ** 3
+    elif p == r:  # no certificate: eigenvalues at once
+        products, eig = gram, 4.0 / 3.0 * r ** 3
+    else:  # the certificate (a Cholesky by panels: matrix products), of a subset of rows where long
+        products = 2.0 * (subset_rows(shape) or p) * r * r * tiles + r ** 3 / 3.0
+        eig = 0.0
     return products / gemm + eig / lapack
 
 
