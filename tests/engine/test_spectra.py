@@ -218,13 +218,8 @@ def _bf16_pair(m: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return w.float(), (w.float() + step.float()).bfloat16().float()
 
 
-@pytest.mark.parametrize("m, n", [(160, 96), (96, 160), (128, 128)])
-def test_fast_geometry_is_within_metrics_tolerances_of_the_float64_reference(m, n):
-    base, tuned = _bf16_pair(m, n, seed=m + n)
-    assert factors.top_factors(base.double(), G.ks(m, n)[-1]) is not None  # the fast path is the one tested
-    sd = spectra.delta_spectrum(tuned - base)["sigma"]
-    fast = G.geometry(base, tuned, delta_sigma=sd)
-    ref = G.geometry(base, tuned, reference=True)
+def _within_metrics_tolerances(fast: dict, ref: dict) -> None:
+    """metrics.md "Update geometry": what a cheaper path must keep to against the float64 reference."""
     for side in ("two_sided", "left", "right"):
         assert fast["energy"][side] == pytest.approx(ref["energy"][side], abs=1e-6)
     for key in ("u_mean_sin", "v_mean_sin"):
@@ -232,9 +227,32 @@ def test_fast_geometry_is_within_metrics_tolerances_of_the_float64_reference(m, 
     for key in ("u_max_deg", "v_max_deg"):
         assert fast["rotation"][key] == pytest.approx(ref["rotation"][key], abs=0.01)
     assert fast["drift"] == pytest.approx(ref["drift"], abs=1e-7)
+
+
+@pytest.mark.parametrize("m, n", [(160, 96), (96, 160), (128, 128)])
+def test_fast_geometry_is_within_metrics_tolerances_of_the_float64_reference(m, n):
+    base, tuned = _bf16_pair(m, n, seed=m + n)
+    assert factors.top_factors(base.double(), G.ks(m, n)[-1]) is not None  # the fast path is the one tested
+    sd = spectra.delta_spectrum(tuned - base)["sigma"]
+    fast = G.geometry(base, tuned, delta_sigma=sd)
+    ref = G.geometry(base, tuned, reference=True)
+    _within_metrics_tolerances(fast, ref)
     assert fast["stable_rank"] == pytest.approx(ref["stable_rank"], rel=1e-9)
     assert fast["effective_rank"] == pytest.approx(ref["effective_rank"], rel=1e-9)
     assert fast["spectra"]["base"] == pytest.approx(ref["spectra"]["base"], rel=1e-6)
+
+
+def test_a_base_whose_smallest_values_gram_cannot_resolve_keeps_its_vectors_and_takes_exact_values():
+    m = n = 128  # a float32 base down to 1e-7 sigma_1: its tail is below the Gram matrix's error bound
+    base = _with_spectrum(m, n, torch.logspace(0, -7, n, dtype=torch.float64), seed=11)
+    gen = torch.Generator().manual_seed(12)
+    tuned = base + (torch.randn(m, n, generator=gen) * 1e-3 * (torch.rand(m, n, generator=gen) < 0.2))
+    k = G.ks(m, n)[-1]
+    got = factors.top_factors(base, k)
+    assert got is not None and torch.equal(got[1], torch.linalg.svdvals(base.double()))  # the values: the definition
+    sd = spectra.delta_spectrum(tuned - base)["sigma"]
+    fast, ref = G.geometry(base, tuned, delta_sigma=sd), G.geometry(base, tuned, reference=True)
+    _within_metrics_tolerances(fast, ref)
 
 
 def test_geometry_of_row_blocks_is_that_of_the_whole_matrix():
