@@ -47,21 +47,6 @@ def _fixed_mmap_threshold() -> bool:
 _fixed_mmap_threshold()  # at import, before the pass's first allocations (later it leaves arenas grown)
 
 
-@functools.lru_cache(maxsize=1)
-def _libc():
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-def _trim() -> None:
-    """Hand the job's freed heap memory back to the system (glibc's malloc_trim; elsewhere nothing)."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-
-
 def kept_bytes(shape: tuple[int, int], compare_dtype: torch.dtype, want_geometry: bool) -> int:
     """What the pass keeps of a matrix for its SVDs: both sides' rows with geometry (16-bit ones as
     they are, others as float32: Kernel.measure), else Delta's rows in float32."""
@@ -103,5 +88,4 @@ def finish_svds(acc, device: torch.device | str) -> dict:
         base, tuned = [b for b, _ in acc.geometry_rows], [t for _, t in acc.geometry_rows]
         acc.geometry_rows.clear()
         out["geometry"] = geometry(base, tuned, device, delta_sigma=spec["sigma"] if spec else None)
-    _trim()
     return out
