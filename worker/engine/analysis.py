@@ -153,9 +153,9 @@ class _SvdFinisher:
     with its intra-op (MKL/OpenMP) threads set for that thread alone: on a CPU, `workers`
     SVDs at once (two, or one on a single core), each with cores / workers threads, since two
     SVDs on half the cores each finish sooner than one after the other on all of them; on
-    CUDA one at a time. Memory stays bounded: at most `workers` finished matrices wait or
-    run (the pass waits for one of them to end before handing over another; a job that has
-    ended holds only its record's fields until those before it end), plus the one being read,
+    CUDA one at a time. Memory stays bounded: at most `workers` matrices are in SVD jobs at
+    once (the pass waits for any of them to end before handing over another; a job that has
+    ended holds only its record's fields until those before it are recorded), plus the one being read,
     and a job that holds over BIG_JOB_BYTES (an embedding or head with geometry) runs alone,
     on every core: the pass waits for the others before it reads that matrix, and for it
     before handing over the next.

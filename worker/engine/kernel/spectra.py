@@ -222,10 +222,11 @@ def _full_rank_certified(g: torch.Tensor, fro2: float, shape: tuple[int, int], r
 
 def _cholesky_completes(c: torch.Tensor) -> bool:
     """Whether the Cholesky factorisation of c (read from its lower triangle, which it leaves
-    holding the factor) runs to its end. On the CPU by panels of CHOLESKY_PANEL, right-looking: the trailing updates are matrix
-    products at the BLAS's full rate, where LAPACK's potrf on one thread runs at a quarter of it
-    (measured at 2048: 0.090 s against 0.157 s). The same operations in another order (each r_ij is
-    still one inner product, summed in some order), so Theorem 10.3's bound holds as it is."""
+    holding the factor) runs to its end. On the CPU by panels of CHOLESKY_PANEL, right-looking:
+    the trailing updates are matrix products at the BLAS's full rate, where LAPACK's potrf on one
+    thread runs at a quarter of it (measured at 2048: 0.090 s against 0.157 s). The same operations
+    in another order (each r_ij is still one inner product, summed in some order), so Theorem
+    10.3's bound holds as it is."""
     if c.device.type != "cpu":
         info = torch.empty((), dtype=torch.int32, device=c.device)
         torch.linalg.cholesky_ex(c, out=(c, info))
