@@ -269,17 +269,14 @@ def _certified_gram(blocks: Blocks, shape: tuple[int, int], device) -> tuple[tor
     """(G, ||Delta||_F^2, whether both ranks are certified full): the whole G unless the Gram matrix
     of a subset of a long matrix's rows already certified it (then None)."""
     p, r = max(shape), min(shape)
-    if p == r:
+    rows = subset_rows(shape)  # None for a square matrix too
+    if rows is None:
+        g, fro2 = gram(blocks, shape, device)
         # A square update's smallest singular values sit at the study's threshold or below it (a
         # random n x n matrix's at ~sigma_1 / 2n, the threshold at sigma_1 n 2^-23: equal at
         # n = 2048): a Cholesky there fails near its end, after all its work (16 of 16 on the
         # bench pair). Its eigenvalues decide at once.
-        g, fro2 = gram(blocks, shape, device)
-        return g, fro2, False
-    rows = subset_rows(shape)
-    if rows is None:
-        g, fro2 = gram(blocks, shape, device)
-        return g, fro2, _full_rank_certified(g, fro2, shape)
+        return g, fro2, p != r and _full_rank_certified(g, fro2, shape)
     taken: list[bool] = []
     g, fro2, rest = partial_gram(blocks, shape, device, _spread(rows / p, taken))
     if _full_rank_certified(g, fro2 + rest, shape, rest=rest):
