@@ -24,7 +24,7 @@ from worker.engine.checkpoints.quantized import CodeCounts, quantization_record
 from worker.engine.checkpoints.sources import Piece, Source
 from worker.engine.errors import EngineError
 from worker.engine.kernel import geometry as geo
-from worker.engine.kernel import svd_cost, svd_phase
+from worker.engine.kernel import lapack, svd_cost, svd_phase
 from worker.engine.kernel.accumulator import Kernel
 from worker.engine.kernel.bins import EXACT_TOLERANCES, counterfactual_kinds
 from worker.engine.pairing.location import locate, name_order
@@ -178,6 +178,7 @@ class _SvdFinisher:
     def _finish(self, acc, alone: bool):
         # this thread's own setting (ATen and MKL keep one per thread); a job that runs alone takes every core
         torch.set_num_threads(self.cores if alone else self.threads)
+        lapack.set_threads(self.cores if alone else self.threads)  # a process-wide setting: equal in every job that overlaps another
         return self.kernel.finish(acc)
 
     def _big(self, shape, kept: int, want_geometry: bool) -> bool:

@@ -4,8 +4,10 @@ Geometry needs, of W (m x n, float64), the leading k_max = ceil(0.2 min(m, n)) s
 vectors on both sides and every singular value. A full SVD with vectors computes all r of
 them the expensive way (~3x an eigendecomposition of the r x r Gram matrix here). Instead:
 
-    G = W^T W (or W W^T when m < n; r x r),  G = Q diag(lambda) Q^T  (eigh, float64)
+    G = W^T W (or W W^T when m < n; r x r),  G = Q diag(lambda) Q^T  (float64)
     V_k = Q's top k_max columns, sigma = sqrt(lambda), U_k = orth(W V_k)
+
+with every lambda but only those k_max columns of Q computed (lapack.top_eigh).
 
 Accuracy, provable from the float64 error bounds (Weyl, and the Davis-Kahan gap bound):
 - W holds float32 values (the pass's rows), so G is formed from exact products in blocked sums
@@ -29,6 +31,7 @@ from collections.abc import Iterator
 
 import torch
 
+from worker.engine.kernel.lapack import top_eigh
 from worker.engine.kernel.spectra import gram, gram_error_bound
 
 SPAN_BYTES = 16 << 20  # float64 bytes of the rows widened at a time (the SVD phase's peak memory, with U_k)
@@ -84,7 +87,7 @@ def top_factors(w: torch.Tensor | RowBlocks, kmax: int,
         return None
     device = w.blocks[0].device if device is None else device
     g, fro2 = gram(lambda: iter(w.blocks), (m, n), device)  # (r, r), blocked sums of exact products
-    lam, q = torch.linalg.eigh(g)  # ascending
+    lam, q = top_eigh(g, kmax, overwrite=True)  # all eigenvalues ascending, the top kmax vectors
     del g
     lam = lam.flip(0)
     lam1 = float(lam[0])
@@ -94,15 +97,14 @@ def top_factors(w: torch.Tensor | RowBlocks, kmax: int,
     if float(lam[kmax - 1]) < (MIN_SIGMA_RATIO ** 2) * lam1:
         return None  # sigma_k near zero: no U_k from W V_k
     sigma = lam.clamp(min=0).sqrt()
-    # |sigma^_i - sigma_i| <= b / sqrt(lambda^_i - b); inf where lambda^_i <= b (nothing provable)
-    err = bound / (lam - bound).clamp(min=0).sqrt()
+    err = sigma_errors(lam, bound)
     if 2.0 * float(torch.linalg.vector_norm(err)) / float(torch.linalg.vector_norm(sigma)) > DRIFT_ABS:
         # The top vectors stand (sigma_k is far from zero); the smallest singular values do not, for
         # the drift (a square base's sigma_min is ~sigma_1 / 2n): all values from a values-only
         # float64 SVD, the definition. At 2048 x 2048: 2.5 s, where the full SVDs this fell back to
         # took 5.3 s a side after eigh's work was thrown away.
         sigma = torch.linalg.svdvals(w.whole(device))
-    top = q[:, -kmax:].flip(1).contiguous()  # (r, kmax): the largest first
+    top = q.flip(1).contiguous()  # (r, kmax): the largest first
     del q
     other = torch.zeros(max(m, n), kmax, dtype=torch.float64, device=device)  # W V_k (m, kmax) or W^T U_k (n, kmax)
     for s, rows in w.spans(device):
@@ -117,6 +119,16 @@ def top_factors(w: torch.Tensor | RowBlocks, kmax: int,
     return top, sigma, other.T.contiguous()
 
 
+def sigma_errors(lam: torch.Tensor, bound: float) -> torch.Tensor:
+    """Bounds on |sqrt(max(lambda^_i, 0)) - sigma_i| where every |lambda^_i - sigma_i^2| <= bound (> 0).
+
+    sigma^_i - sigma_i = (lambda^_i - lambda_i) / (sigma^_i + sigma_i) with sigma_i >= sqrt(lambda^_i - b),
+    and |sqrt x - sqrt y| <= sqrt |x - y| covers the values within b of zero: finite for every i,
+    and half of b / sqrt(lambda^_i - b) (all that the bound read before) for the others."""
+    sigma = lam.clamp(min=0).sqrt()
+    return torch.minimum(bound / (sigma + (lam - bound).clamp(min=0).sqrt()), torch.tensor(bound, dtype=lam.dtype).sqrt())
+
+
 def _orthonormalise(a: torch.Tensor) -> bool:
     """a (p, k) <- the Q of its QR with a positive diagonal (columns point as a's did), in place, by
     CholeskyQR2 a few rows at a time; False where a^T a is not numerically positive definite."""
@@ -129,10 +141,4 @@ def _orthonormalise(a: torch.Tensor) -> bool:
             block = a[s:s + rows]
             block.copy_(torch.linalg.solve_triangular(r, block, upper=True, left=False))
     return True
-
-
-def svd_seconds_estimate(m: int, n: int, gflops: float) -> float:
-    """Rough float64 cost of `top_factors` (Gram GEMM + eigh) at `gflops`: for progress estimates."""
-    r, p = min(m, n), max(m, n)
-    return (2.0 * p * r * r + 9.0 * r ** 3) / (gflops * 1e9) if r else 0.0
 
