@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 
 import torch
 
@@ -52,8 +51,6 @@ class _Lapack:
 
 @functools.cache
 def _lapack() -> _Lapack | None:
-    if os.environ.get("SUBNETSCOPE_NO_OPENBLAS"):  # the torch path, for comparisons
-        return None
     try:
         import scipy_openblas64  # loads the library (RTLD_GLOBAL) as it is imported
         return _Lapack(scipy_openblas64.dll)
