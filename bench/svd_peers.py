@@ -1,8 +1,8 @@
 """Our SVD phase (update rank, geometry) side by side with `modeldelta` on the bench pair.
 
     .venv/bin/pip install -e '.[bench]'         # modeldelta 0.4.4: a benchmark-only peer
-    .venv/bin/python bench/svd_peers.py [--size-gb 1.0] [--shape llama8b] [--runs rank,geometry]
-                                        [--rank all] [--geometry all] [--skip-peer]
+    .venv/bin/python bench/svd_peers.py [--size-gb 1.0] [--shape llama8b] [--runs peer,rank,geometry]
+                                        [--rank all] [--geometry all]
 
 Each method runs once, in a fresh process after a warm read of the files (peak RSS is its
 own; see throughput.py "Measuring memory honestly"), one after another on the same pair:
