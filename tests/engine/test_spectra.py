@@ -287,7 +287,7 @@ def test_geometry_read_in_many_small_spans_is_that_of_one_span(monkeypatch):
 
 @pytest.mark.parametrize("m, n", [(400, 60), (60, 400)])
 def test_top_factors_are_orthonormal_at_the_steepest_spectrum_they_accept(m, n):
-    """U_k by CholeskyQR2 in place: orthonormal to float64 precision with sigma_kmax near
+    """U_k by CholeskyQR in place: orthonormal to float64 precision with sigma_kmax near
     MIN_SIGMA_RATIO sigma_1, and the span of the SVD's top vectors."""
     kmax = G.ks(m, n)[-1]
     top = torch.logspace(0, math.log10(1.5e-4), kmax, dtype=torch.float64)
@@ -300,6 +300,54 @@ def test_top_factors_are_orthonormal_at_the_steepest_spectrum_they_accept(m, n):
     ref_u, _, ref_vh = torch.linalg.svd(w.double(), full_matrices=False)
     for a, b in ((u, ref_u[:, :kmax]), (vh.T, ref_vh[:kmax].T)):  # the same top subspaces
         assert float(torch.linalg.svdvals(b.T @ a).min()) > 1 - 1e-6
+
+
+@pytest.mark.parametrize("scale, passes", [(1.0, 1), (1e3, 2)])
+def test_cholesky_qr_takes_a_second_pass_only_where_the_first_leaves_a_t_a_off_identity(monkeypatch, scale,
+                                                                                      passes):
+    """Nearly orthonormal columns (what W V_k S_k^-1 is) need one pass; columns a thousand times
+    apart in length need CholeskyQR2's second. Either way: orthonormal, the same nested spans."""
+    gen = torch.Generator().manual_seed(3)
+    q, _ = torch.linalg.qr(torch.randn(300, 40, dtype=torch.float64, generator=gen))
+    a = (q + 1e-9 * torch.randn(300, 40, dtype=torch.float64, generator=gen)) * torch.logspace(
+        0, math.log10(scale), 40, dtype=torch.float64)
+    calls = []
+    cholesky = torch.linalg.cholesky_ex
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", lambda *x, **k: calls.append(1) or cholesky(*x, **k))
+    before = a.clone()
+    assert factors._orthonormalise(a)
+    assert len(calls) == passes
+    assert float((a.T @ a - torch.eye(40, dtype=torch.float64)).abs().max()) < 1e-14
+    for k in (1, 10, 40):  # span(a_j, j <= k) kept: the component of the old columns off the new span is nil
+        off = before[:, :k] - a[:, :k] @ (a[:, :k].T @ before[:, :k])
+        assert float(off.norm() / before[:, :k].norm()) < 1e-13
+
+
+def test_a_wide_updates_gram_reads_only_the_columns_of_each_stretch_where_it_can():
+    """The SVD phase makes Delta from both sides' rows on demand: a wide one's Gram matrix asks for a
+    stretch of columns at a time (not every row, once per stretch) and gets the same spectrum."""
+    from worker.engine.kernel.svd_phase import _DeltaRows
+
+    gen = torch.Generator().manual_seed(8)
+    base = torch.randn(90, 700, generator=gen).bfloat16()
+    tuned = torch.where(torch.rand(90, 700, generator=gen) < 0.3, (base.float() * 1.01).bfloat16(), base)
+    pairs = [(base[:50], tuned[:50]), (base[50:], tuned[50:])]
+    asked = []
+
+    class Counting(_DeltaRows):
+        def __call__(self):
+            asked.append("rows")
+            return super().__call__()
+
+        def columns(self, start, stop):
+            asked.append((start, stop))
+            return super().columns(start, stop)
+
+    fast = spectra.delta_spectrum(Counting(pairs), shape=(90, 700))
+    assert "rows" not in asked and len(asked) == -(-700 // spectra.GRAM_BLOCK)
+    rows = [bins.rank_delta(b, t) for b, t in pairs]
+    assert torch.equal(fast["sigma"], spectra.delta_spectrum(rows)["sigma"])
+    assert fast["rank_f64"] == spectra.delta_spectrum(rows)["rank_f64"]
 
 
 def test_rank_deficient_base_falls_back_to_the_full_svd():

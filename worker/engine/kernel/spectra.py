@@ -68,6 +68,15 @@ def thresholds(shape: tuple[int, int], sigma_max: float) -> tuple[float, float]:
 Blocks = Callable[[], Iterable[torch.Tensor]]  # yields Delta's float32 row blocks in order, each time it is called
 
 
+def _column_rows(blocks: Blocks, start: int, stop: int) -> Iterable[torch.Tensor]:
+    """Delta's row blocks restricted to columns [start, stop). A wide Delta's Gram matrix reads the
+    blocks once per stretch of columns: where they are made on demand (`blocks.columns`, as the SVD
+    phase makes them from both sides' rows), only those columns are made, not every row 22 times
+    over (a 2048 x 5632 Delta: 0.6 s of one thread)."""
+    columns = getattr(blocks, "columns", None)
+    return columns(start, stop) if columns is not None else (r[:, start:stop] for r in blocks())
+
+
 def _blocks(delta) -> tuple[Blocks, tuple[int, int]]:
     rows = [delta] if isinstance(delta, torch.Tensor) else list(delta)
     return (lambda: iter(rows)), (sum(r.shape[0] for r in rows), rows[0].shape[1])
@@ -112,12 +121,12 @@ def _stretches(blocks: Blocks, shape: tuple[int, int], buf: torch.Tensor, take: 
     for s in range(0, n, GRAM_BLOCK):
         e = min(n, s + GRAM_BLOCK)
         if take is not None and not take(s, e):
-            yield sum(_sumsq_bound(r[:, s:e]) for r in blocks())
+            yield sum(_sumsq_bound(r) for r in _column_rows(blocks, s, e))
             continue
         x = buf[:e - s]
         row = 0
-        for r in blocks():
-            x[:, row:row + r.shape[0]].copy_(r[:, s:e].T)
+        for r in _column_rows(blocks, s, e):
+            x[:, row:row + r.shape[0]].copy_(r.T)
             row += r.shape[0]
         yield x
 

@@ -66,14 +66,27 @@ def job_bytes(shape: tuple[int, int], kept: int, want_geometry: bool) -> int:
     return held
 
 
+class _DeltaRows:
+    """Delta's float32 row blocks made from both sides' kept rows each time they are read (never
+    all at once), or only some of their columns (`spectra._column_rows`)."""
+
+    def __init__(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]):
+        self.pairs = pairs
+
+    def __call__(self):
+        return (rank_delta(b, t) for b, t in self.pairs)
+
+    def columns(self, start: int, stop: int):
+        return (rank_delta(b[:, start:stop], t[:, start:stop]) for b, t in self.pairs)
+
+
 def finish_svds(acc, device: torch.device | str) -> dict:
     """Record fields of one matrix's rank and geometry (acc: a TensorAccumulator that wanted them)."""
     out: dict = {}
     m, n = acc.shape
-    pairs = acc.geometry_rows  # (base, tuned) float32 row blocks when geometry is wanted
+    pairs = acc.geometry_rows  # (base, tuned) row blocks when geometry is wanted
     if pairs:  # Delta from them, a block at a time (correctly rounded like the pass's own rows)
-        spec = delta_spectrum(lambda: (rank_delta(b, t) for b, t in pairs), device, want_study=acc.want_rank,
-                              shape=(m, n))
+        spec = delta_spectrum(_DeltaRows(pairs), device, want_study=acc.want_rank, shape=(m, n))
     elif acc.rank_rows:  # no geometry: no stable or effective rank, so the spectrum only where the ranks need it
         spec = delta_spectrum(acc.rank_rows, device, want_study=acc.want_rank, need_sigma=False)
     else:
