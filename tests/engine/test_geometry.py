@@ -149,6 +149,17 @@ def test_no_update_and_non_finite_weights():
     assert _geo(w, bad) is None
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_entry_in_any_16_bit_row_block_leaves_geometry_out(bad):
+    w = torch.randn(96, 40, generator=torch.Generator().manual_seed(2)).bfloat16()
+    t = w.clone()
+    t[70, 39] = bad  # the last entry of the second block's rows
+    blocks = lambda x: [x[:50], x[50:]]  # noqa: E731
+    assert G.geometry(blocks(w), blocks(t)) is None
+    assert G.geometry(blocks(t), blocks(w)) is None
+    assert G.geometry(blocks(w), blocks(w.clone())) is not None
+
+
 def test_spectrum_is_capped():
     s = torch.linspace(5000, 1, 5000, dtype=torch.float64)
     index, values = G.spectrum(s)
