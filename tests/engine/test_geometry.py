@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -158,6 +159,46 @@ def test_a_non_finite_entry_in_any_16_bit_row_block_leaves_geometry_out(bad):
     assert G.geometry(blocks(w), blocks(t)) is None
     assert G.geometry(blocks(t), blocks(w)) is None
     assert G.geometry(blocks(w), blocks(w.clone())) is not None
+
+
+def test_a_job_with_several_threads_factors_both_sides_side_by_side_with_the_same_numbers(monkeypatch):
+    """Each side then runs on half the threads, on its own thread: the numbers are those of one
+    thread doing both in turn (one thread per side either way: the same arithmetic)."""
+    gen = torch.Generator().manual_seed(4)
+    w = torch.randn(300, 120, generator=gen).bfloat16()
+    t = torch.where(torch.rand(300, 120, generator=gen) < 0.2, (w.float() * 1.02).bfloat16(), w)
+    ran_on, factors = [], {}
+    top = G.top_factors
+
+    def spy(w, *a, **k):
+        ran_on.append((threading.current_thread().name, torch.get_num_threads()))
+        out = top(w, *a, **k)
+        factors.setdefault(w.blocks[0].data_ptr(), []).append(out)
+        return out
+
+    monkeypatch.setattr(G, "top_factors", spy)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = G.geometry([w[:100], w[100:]], [t[:100], t[100:]])
+        assert [name for name, _ in ran_on] == [threading.current_thread().name] * 2
+        ran_on.clear()
+        torch.set_num_threads(2)
+        two = G.geometry([w[:100], w[100:]], [t[:100], t[100:]])
+    finally:
+        torch.set_num_threads(before)
+    assert len({name for name, _ in ran_on}) == 2 and all(n.startswith("geometry-side") and k == 1 for n, k in ran_on)
+    assert len(factors) == 2 and all(len(runs) == 2 for runs in factors.values())
+    for first, second in factors.values():  # bit for bit
+        assert all(torch.equal(x, y) for x, y in zip(first, second))
+    one.pop("seconds"), two.pop("seconds")
+
+    def flat(x):
+        out = [v for y in x.values() for v in flat(y)] if isinstance(x, dict) else x if isinstance(x, list) else [x]
+        return [math.nan if v is None else v for v in out]
+
+    # what follows the factors ran on two threads
+    assert flat(one) == pytest.approx(flat(two), rel=1e-12, abs=1e-15, nan_ok=True)
 
 
 def test_spectrum_is_capped():

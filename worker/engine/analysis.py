@@ -177,8 +177,11 @@ class _SvdFinisher:
 
     def _finish(self, acc, alone: bool):
         # this thread's own setting (ATen and MKL keep one per thread); a job that runs alone takes every core
-        torch.set_num_threads(self.cores if alone else self.threads)
-        lapack.set_threads(self.cores if alone else self.threads)  # a process-wide setting: equal in every job that overlaps another
+        threads = self.cores if alone else self.threads
+        torch.set_num_threads(threads)
+        # a process-wide setting, equal in every job that overlaps another: LAPACK runs only in
+        # geometry's factorisations, one per side, side by side where the job holds several threads
+        lapack.set_threads(geo.side_threads(threads))
         return self.kernel.finish(acc)
 
     def _big(self, shape, kept: int, want_geometry: bool) -> bool:
