@@ -145,8 +145,9 @@ def _orthonormalise(a: torch.Tensor) -> bool:
     """a (p, k) <- the Q of its QR with a positive diagonal (columns point as a's did), in place, by
     CholeskyQR a few rows at a time; False where a^T a is not numerically positive definite.
 
-    One pass leaves Q^T Q - I of order kappa(a)^2 (p k + k^2) eps (Yamamoto et al. 2015), so a
-    second pass (CholeskyQR2) is what makes an ill-conditioned a orthonormal. The a here is
+    One pass leaves Q^T Q - I of order kappa(a)^2 eps, times a low-degree polynomial in p and k
+    (Yamamoto et al. 2015), so a second pass (CholeskyQR2) is what makes an ill-conditioned a
+    orthonormal. The a here is
     W V_k S_k^-1: its columns are orthonormal but for the eigensolver's error, so d = ||a^T a - I||_F
     is tiny and kappa(a)^2 <= (1 + d) / (1 - d); up to d = 1/8 (kappa^2 <= 1.29) the one pass
     leaves what CholeskyQR2's second pass would, and the second runs only above it (measured:

@@ -85,7 +85,7 @@ def side_threads(threads: int) -> int:
 
 
 def _both_factors(base: RowBlocks, tuned: RowBlocks, kmax: int, device):
-    """top_factors of W and of W~, or (None, None) where W's are not provably accurate.
+    """top_factors of W and of W~, or (None, None) where either's are not provably accurate.
 
     The two are independent, and LAPACK's reduction makes poor use of extra threads (half of it
     is matrix-vector products), so a job that holds several threads on a CPU runs the two side by
@@ -95,7 +95,8 @@ def _both_factors(base: RowBlocks, tuned: RowBlocks, kmax: int, device):
     threads = torch.get_num_threads()
     if threads < 2 or torch.device(device).type != "cpu":
         b = top_factors(base, kmax, device)
-        return b, (None if b is None else top_factors(tuned, kmax, device))
+        t = None if b is None else top_factors(tuned, kmax, device)
+        return (None, None) if t is None else (b, t)
 
     def side(w: RowBlocks):
         torch.set_num_threads(side_threads(threads))  # this thread's own setting

@@ -72,7 +72,7 @@ def _column_rows(blocks: Blocks, start: int, stop: int) -> Iterable[torch.Tensor
     """Delta's row blocks restricted to columns [start, stop). A wide Delta's Gram matrix reads the
     blocks once per stretch of columns: where they are made on demand (`blocks.columns`, as the SVD
     phase makes them from both sides' rows), only those columns are made, not every row 22 times
-    over (a 2048 x 5632 Delta: 0.6 s of one thread)."""
+    over (a 2048 x 5632 Delta: 0.6-0.8 s of one thread)."""
     columns = getattr(blocks, "columns", None)
     return columns(start, stop) if columns is not None else (r[:, start:stop] for r in blocks())
 
