@@ -185,9 +185,11 @@ def test_a_job_with_several_threads_factors_both_sides_side_by_side_with_the_sam
         ran_on.clear()
         torch.set_num_threads(2)
         two = G.geometry([w[:100], w[100:]], [t[:100], t[100:]])
+        after = torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
-    assert len({name for name, _ in ran_on}) == 2 and all(n.startswith("geometry-side") and k == 1 for n, k in ran_on)
+    assert sorted(name.startswith("geometry-side") for name, _ in ran_on) == [False, True]  # two threads at once
+    assert [k for _, k in ran_on] == [1, 1] and after == 2  # half each; the caller's own setting back after
     assert len(factors) == 2 and all(len(runs) == 2 for runs in factors.values())
     for first, second in factors.values():  # bit for bit
         assert all(torch.equal(x, y) for x, y in zip(first, second))

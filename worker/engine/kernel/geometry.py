@@ -99,12 +99,18 @@ def _both_factors(base: RowBlocks, tuned: RowBlocks, kmax: int, device):
         return (None, None) if t is None else (b, t)
 
     def side(w: RowBlocks):
-        torch.set_num_threads(side_threads(threads))  # this thread's own setting
+        torch.set_num_threads(side_threads(threads))  # each thread's own setting
         return top_factors(w, kmax, device)
 
-    with ThreadPoolExecutor(2, thread_name_prefix="geometry-side") as pool:
-        b, t = pool.submit(side, base), pool.submit(side, tuned)
-        b, t = b.result(), t.result()
+    # W~ on a helper thread, W on this one meanwhile (a pool of two could run both on one
+    # thread, the second after the first, where the first ends before the second is handed out)
+    with ThreadPoolExecutor(1, thread_name_prefix="geometry-side") as helper:
+        tuned_side = helper.submit(side, tuned)
+        try:
+            b = side(base)
+        finally:
+            torch.set_num_threads(threads)
+        t = tuned_side.result()
     return (None, None) if b is None or t is None else (b, t)
 
 
