@@ -137,11 +137,11 @@ class Settings(BaseSettings):
     )
     submit_rate: int = Field(
         default=0, ge=0,
-        description="POSTs under /api one client (IP address) may make per `SUBNETSCOPE_SUBMIT_RATE_WINDOW_S`; "
-                    "more are answered 429 with Retry-After. 0: no limit.",
+        description="POSTs under /api one client (IP address) may make in any `SUBNETSCOPE_SUBMIT_RATE_WINDOW_S` "
+                    "seconds (a sliding window); more are answered 429 with Retry-After. 0: no limit.",
     )
     submit_rate_window_s: int = Field(
-        default=60, ge=1, description="The window of `SUBNETSCOPE_SUBMIT_RATE`, in seconds.",
+        default=60, ge=1, description="The sliding window of `SUBNETSCOPE_SUBMIT_RATE`, in seconds.",
     )
     max_bytes: int | None = Field(
         default=None,

@@ -6,8 +6,12 @@ router serves it, so a new resource is covered without opting in:
 - with `SUBNETSCOPE_API_TOKEN` set, the request needs `Authorization: Bearer <token>`
   (401 `unauthorized` otherwise); reads stay open so permalinks work;
 - with `SUBNETSCOPE_SUBMIT_RATE` > 0, one client (its address as uvicorn reports it, so
-  X-Forwarded-For from a trusted proxy) may make that many per window; past it, 429
-  `rate_limited` with Retry-After. Counted in Redis, so every web process shares the count.
+  X-Forwarded-For from a trusted proxy) may make that many in any window of
+  `SUBNETSCOPE_SUBMIT_RATE_WINDOW_S` seconds; past it, 429 `rate_limited` with Retry-After
+  (when the oldest of them leaves the window). The times are kept in Redis, so every web
+  process shares them. A sliding window, not fixed ones: with windows cut at fixed times a
+  client could make twice the rate across a cut, and a burst of submissions was let through
+  or refused depending on where in the minute it began.
 
 The dashboard's own calls go through the same app in-process and carry the browser's
 address and the token typed in its form (frontend/apiclient.py), so they are held to the
@@ -22,6 +26,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import secrets
 import time
 
 import redis
@@ -79,22 +84,26 @@ class SubmissionGuard:
             return None
         client = (scope.get("client") or ("unknown", 0))[0]
         now = time.time()
-        window = int(now // self.window)
-        key = f"{RATE_PREFIX}{client}:{window}"
+        key = f"{RATE_PREFIX}{client}"
+        this = f"{now:.6f}-{secrets.token_hex(4)}"  # one member per request, even within a microsecond
         try:
             r = self.reads_getter().redis
             async with r.pipeline(transaction=True) as p:
-                p.incr(key)
+                p.zremrangebyscore(key, "-inf", now - self.window)
+                p.zadd(key, {this: now})
+                p.zcard(key)
+                p.zrange(key, 0, 0, withscores=True)
                 p.expire(key, self.window + 1)
-                count, _ = await p.execute()
+                _, _, count, oldest, _ = await p.execute()
+            if count <= self.rate:
+                return None
+            await r.zrem(key, this)  # a refused request uses none of the allowance
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
             start, body = _json(503, REDIS_DOWN["code"], REDIS_DOWN["message"])
             return start, body
-        if count <= self.rate:
-            return None
-        wait = max(1, math.ceil((window + 1) * self.window - now))
+        wait = max(1, math.ceil(oldest[0][1] + self.window - now))
         return _json(429, "rate_limited",
-                     f"Too many submissions from {client}: this deployment takes {self.rate} per "
+                     f"Too many submissions from {client}: this deployment takes {self.rate} in any "
                      f"{self.window} s from one client. Try again in {wait} s; nothing was submitted.",
                      {"Retry-After": str(wait)})
 
