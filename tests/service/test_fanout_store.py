@@ -8,20 +8,11 @@ import json
 import pytest
 from rq import Queue
 
-from app.cli.embedded import RedisServer
 from app.core.settings import Settings
 from app.core.store import ALIVE_TTL_S, FAILED, MAX_LOST_ATTEMPTS, RUNNING, Store, group_alive_key
 from worker.fanout import dispatch, sweep
 
 GROUPS = [{"names": ["a", "b"], "bytes": 100}, {"names": ["c"], "bytes": 80}, {"names": ["d", "e"], "bytes": 120}]
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("fanout-redis"))
-    server.start()
-    yield server.url
-    server.stop()
 
 
 @pytest.fixture

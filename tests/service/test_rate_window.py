@@ -8,22 +8,12 @@ import asyncio
 import json
 from types import SimpleNamespace
 
-import pytest
 import redis.asyncio
 
-from app.cli.embedded import RedisServer
 from app.core.settings import Settings
 from app.web import guard
 
 RATE, WINDOW = 2, 60
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("rate-redis"))
-    server.start()
-    yield server.url
-    server.stop()
 
 
 async def _accepted(scope, receive, send):
