@@ -3,8 +3,12 @@
 The service points at a loopback Hub (tests/hubserver.py) that can be made to accept
 connections and never answer. Submissions naming its repos are resolved in a pool of
 their own with a time budget (app/web/resolving.py), so readers of a finished analysis keep
-the latency they have on an idle service. Latencies are printed; the one assertion on
-them is a ratio measured in the same test, with a floor for a loaded CI machine.
+the latency they have on an idle service. Latencies are printed. What is asserted of them:
+the median reader keeps its idle latency (a ratio measured in the same test, with a floor for
+a loaded CI machine), and no read waits for the Hub (a read stalled behind it would take until
+the Hub's budget runs out). Not the p95: with 50 readers on 2 cores it swings 150-900 ms
+between idle runs alone (idle p95 216, 239, 898 and 253 ms in four CI runs), which the ratio
+read as a stall once.
 """
 
 from __future__ import annotations
@@ -139,6 +143,7 @@ def test_hanging_hub_never_stalls_reads(hub_svc, capsys):
     wait_hub_quiet(hub)
     idle_after = read_for(svc, READ_S, paths)
     idle_p95, loaded_p95 = max(p95(idle), p95(idle_after)), p95(loaded)
+    idle_p50, loaded_p50 = max(statistics.median(idle), statistics.median(idle_after)), statistics.median(loaded)
     # The look-ups the Hub held have been let go meanwhile and finished late: they recorded nothing.
     listing = svc.client.get("/api/analyses", params={"limit": 1000}).json()["items"]
     assert not [i for i in listing if i["tuned"] == TUNED], "a submission answered 504 left a record"
@@ -147,7 +152,10 @@ def test_hanging_hub_never_stalls_reads(hub_svc, capsys):
               f"({len(idle) / READ_S:.0f} req/s); with {POSTS} POSTs held by a hanging Hub ({hub.held} Hub "
               f"requests held): p50 {statistics.median(loaded) * 1000:.1f} ms, p95 {loaded_p95 * 1000:.1f} ms "
               f"({len(loaded) / READ_S:.0f} req/s); idle after: p95 {p95(idle_after) * 1000:.1f} ms")
-    assert loaded_p95 <= max(2 * idle_p95, idle_p95 + 0.100), (idle_p95, loaded_p95)
+    # Two of the three paths need the thread pool and Redis: a pool held by the Hub's look-ups
+    # would move the median; a read held by the Hub would wait out its budget.
+    assert loaded_p50 <= max(2 * idle_p50, idle_p50 + 0.100), (idle_p50, loaded_p50)
+    assert max(loaded) < BUDGET_S / 2, (max(loaded), idle_p95, loaded_p95)
 
 
 def test_hub_outage_and_redis_outage_have_distinct_codes(hub_svc):
