@@ -50,7 +50,7 @@ def _timed(took: dict[str, float]) -> None:
         setattr(module, name, wrapper)
 
 
-def _pair(m: int, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def bf16_pair(m: int, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(m * 7 + n)
     base = (torch.randn(m, n, generator=gen) * 0.02).bfloat16()
     moved = (base.float() * (1 + 0.01 * torch.randn(m, n, generator=gen))).bfloat16()
@@ -64,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     lapack.set_threads(1)
-    warm = SimpleNamespace(shape=(64, 32), geometry_rows=_pair(64, 32), rank_rows=[], want_rank=True,
+    warm = SimpleNamespace(shape=(64, 32), geometry_rows=bf16_pair(64, 32), rank_rows=[], want_rank=True,
                            want_geometry=True)
     svd_phase.finish_svds(warm, "cpu")  # numba's compilation of Delta's loop is not the phase's time
     took: dict[str, float] = defaultdict(float)
@@ -73,7 +73,7 @@ def main() -> None:
     print("|---" * (len(STEPS) + 3) + "|")
     for spec in args.shapes.split(","):
         m, n = (int(x) for x in spec.split("x"))
-        acc = SimpleNamespace(shape=(m, n), geometry_rows=_pair(m, n), rank_rows=[], want_rank=True,
+        acc = SimpleNamespace(shape=(m, n), geometry_rows=bf16_pair(m, n), rank_rows=[], want_rank=True,
                               want_geometry=True)
         took.clear()
         started = time.perf_counter()

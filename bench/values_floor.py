@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from svd_profile import _pair  # noqa: E402  the same bf16 pairs as the phase's profile
+from svd_profile import bf16_pair  # noqa: E402  the same pairs as the phase's profile
 
 from worker.engine.kernel import lapack, spectra  # noqa: E402
 
@@ -33,7 +33,7 @@ def main() -> None:
     lapack.set_threads(1)
     total = 0.0
     for (m, n), count in COUNTS.items():
-        rows = _pair(m, n)
+        rows = bf16_pair(m, n)
         base = [b.float() for b, _ in rows]
         tuned = [t.float() for _, t in rows]
         delta = [t - b for b, t in zip(base, tuned)]
